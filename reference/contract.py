@@ -1,0 +1,197 @@
+"""The backend contract (spec chapter 8): what a framework adapter implements, and how it is loaded.
+
+Everything crossing the contract is numpy arrays and the dataclasses of ``reference.problem``.
+Problems always arrive in float64; the backend casts to ``config.dtype`` itself. A backend
+computes with its framework's own autodiff:
+
+    loss_and_grad(problem, config)        -> (L, {name: ∇_θ L})       autodiff of the reduced loss
+    per_example(problem, config, method)  -> (ℓ (N,), {name: g (N, *shape)})   g_i = ∇_θ ℓ_i
+
+``per_example`` returns g_i itself, not g_i/N (spec §1.4). ``method`` is one of the backend's
+``per_example_methods()``, at least "vmap" (vectorised) and "loop" (one example at a time).
+
+``load_backend("name")`` resolves a built-in; ``load_backend("package.module:attribute")`` imports
+any object that implements the contract (a class is instantiated with no arguments, a factory
+function is called). Every failure is a ``BackendError`` whose message says what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .problem import DTYPES, Problem
+
+Grads = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Where and how a backend computes: device ("cpu", "cuda", "gpu", …), dtype, precision mode."""
+
+    device: str = "cpu"
+    dtype: str = "float64"
+    precision: str = "strict"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Config(dtype={self.dtype!r}): choose one of {DTYPES}")
+
+    def __str__(self) -> str:
+        return f"{self.device}-{self.dtype}-{self.precision}"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a framework adapter implements. See the module docstring and spec chapter 8."""
+
+    name: str
+
+    def versions(self) -> Mapping[str, str]:
+        """Framework name → version string, for reports (e.g. {"torch": "2.13.0"})."""
+        ...
+
+    def devices(self) -> Sequence[str]:
+        """Devices present now, e.g. ("cpu", "cuda"). Must not fail when an accelerator is absent."""
+        ...
+
+    def dtypes(self) -> Sequence[str]:
+        """Supported dtypes among ("float64", "float32")."""
+        ...
+
+    def per_example_methods(self) -> Sequence[str]:
+        """Names of per-example gradient methods, e.g. ("vmap", "loop")."""
+        ...
+
+    def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Mapping[str, Any]]:
+        """The reduced loss L and ∇_θ L by the framework's autodiff of L."""
+        ...
+
+    def per_example(
+        self, problem: Problem, config: Config, method: str
+    ) -> tuple[Any, Mapping[str, Any]]:
+        """Per-example losses ℓ_i (N,) and gradients g_i = ∇_θ ℓ_i ({name: (N, *shape)})."""
+        ...
+
+
+CONTRACT = ("name", "versions", "devices", "dtypes", "per_example_methods", "loss_and_grad",
+            "per_example")
+
+
+class BackendError(Exception):
+    """A backend could not be loaded, or broke the contract. The message says what to fix."""
+
+
+def _resolve(spec: str, builtins: Mapping[str, str]) -> Any:
+    target = builtins.get(spec, spec)
+    if ":" not in target:
+        known = ", ".join(sorted(builtins)) or "(none)"
+        raise BackendError(
+            f"unknown backend {spec!r}: built-in backends are {known}; for your own backend pass "
+            f"'package.module:attribute' naming an object that implements reference.contract.Backend"
+        )
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendError(
+            f"backend {spec!r}: cannot import module {module_name!r} ({exc}); is its framework "
+            f"installed and the module on sys.path?"
+        ) from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError as exc:
+        raise BackendError(f"backend {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
+    if inspect.isclass(obj) or (callable(obj) and not hasattr(obj, "loss_and_grad")):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise BackendError(f"backend {spec!r}: calling {target} raised {exc!r}") from exc
+    return obj
+
+
+def load_backend(spec: str, builtins: Mapping[str, str] | None = None) -> Backend:
+    """Load a backend by built-in name or 'module:attribute', and check it has the contract."""
+    obj = _resolve(spec, builtins or {})
+    missing = [m for m in CONTRACT if not hasattr(obj, m)]
+    if missing:
+        raise BackendError(
+            f"backend {spec!r} ({type(obj).__name__}) does not implement the contract: missing "
+            f"{', '.join(missing)} (see reference.contract.Backend)"
+        )
+    dtypes = list(obj.dtypes())
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad or not dtypes:
+        raise BackendError(f"backend {spec!r}: dtypes() returned {dtypes}; allowed: {DTYPES}")
+    return obj  # type: ignore[no-any-return]
+
+
+# -- calling a backend through the contract, with every answer checked ----------------------------
+def _where(backend: Backend, call: str, config: Config) -> str:
+    return f"backend {backend.name!r} {call} on {config}"
+
+
+def _as_array(backend: Backend, call: str, config: Config, what: str, x: Any,
+              shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise BackendError(f"{_where(backend, call, config)} returned {what} that is not a numeric "
+                           f"array: {type(x).__name__}") from exc
+    if a.shape != shape:
+        raise BackendError(f"{_where(backend, call, config)} returned {what} of shape {a.shape}, "
+                           f"but the contract requires {shape}")
+    if not np.all(np.isfinite(a)):
+        bad = np.argwhere(~np.isfinite(a))[:3].tolist()
+        raise BackendError(f"{_where(backend, call, config)} returned non-finite {what} "
+                           f"(NaN or inf at {bad}); the reference is finite here")
+    return a
+
+
+def _check_grads(backend: Backend, call: str, config: Config, grads: Any,
+                 shapes: Mapping[str, tuple[int, ...]], lead: tuple[int, ...]) -> Grads:
+    if not isinstance(grads, Mapping):
+        raise BackendError(f"{_where(backend, call, config)} returned gradients as "
+                           f"{type(grads).__name__}, expected a mapping name -> array")
+    if set(grads) != set(shapes):
+        raise BackendError(f"{_where(backend, call, config)} returned gradients for "
+                           f"{sorted(grads)}, expected exactly {sorted(shapes)}")
+    return {k: _as_array(backend, call, config, f"gradient {k!r}", grads[k], lead + shapes[k])
+            for k in shapes}
+
+
+def _call(backend: Backend, call: str, config: Config, fn: Any, *args: Any) -> Any:
+    try:
+        out = fn(*args)
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"{_where(backend, call, config)} raised {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise BackendError(f"{_where(backend, call, config)} returned {type(out).__name__}, "
+                           f"expected a pair (loss, gradients)")
+    return out
+
+
+def checked_loss_and_grad(backend: Backend, problem: Problem, config: Config) -> tuple[float, Grads]:
+    """``backend.loss_and_grad`` with its answer validated (shape, keys, finiteness)."""
+    call = "loss_and_grad"
+    loss, grads = _call(backend, call, config, backend.loss_and_grad, problem, config)
+    loss_a = _as_array(backend, call, config, "loss", loss, ())
+    return float(loss_a), _check_grads(backend, call, config, grads,
+                                       problem.network.param_shapes(), ())
+
+
+def checked_per_example(backend: Backend, problem: Problem, config: Config,
+                        method: str) -> tuple[np.ndarray, Grads]:
+    """``backend.per_example`` with its answer validated (shape, keys, finiteness)."""
+    call = f"per_example(method={method!r})"
+    n = problem.batch.size
+    losses, grads = _call(backend, call, config, backend.per_example, problem, config, method)
+    return (_as_array(backend, call, config, "losses", losses, (n,)),
+            _check_grads(backend, call, config, grads, problem.network.param_shapes(), (n,)))

@@ -1,0 +1,355 @@
+"""Tolerances, derived: a first-order running error bound for a Problem (spec chapter 7).
+
+Every tolerance the suite uses comes from this module. Nothing here is tuned to make tests pass;
+each number is a stated assumption of the floating-point model (spec §7.1):
+
+* basic operations round correctly:  fl(x ∘ y) = (x ∘ y)(1 + δ) + η,  |δ| ≤ u,  |η| ≤ tiny,
+  where η = 0 for + and − (IEEE addition never underflows inexactly) and for a product with an
+  exactly-zero factor; tiny is the smallest normal number (flush-to-zero included)
+* a library elementary function (exp, log, log1p, tanh, erf) is within ELEMENTARY_ULPS ulps,
+  i.e. relative error ≤ 2·ELEMENTARY_ULPS·u (1 ulp(x) ≤ 2u|x|)
+* a sum or inner product of n terms, in any order or blocking, errs by ≤ γ_n Σ|terms|,
+  γ_n = nu/(1 − nu)  (Higham, *Accuracy and Stability*, §3.1)
+
+A value is carried as R(v, e): the float64 value v and a bound e on the absolute error with which
+a backend working at unit roundoff u computes it. Rules are first order (products of two error
+terms are dropped; they are O(u²) and below the bound while n·u ≪ 1). The bound is run through
+the network forward and backward in the same structure as ``reference.grads``; elementwise
+activations are evaluated by the formula frameworks use (e.g. GELU as ½z(1 + erf(z/√2))), so their
+error reflects that formula. A slope σ'(z) evaluated at a z that itself errs by e_z errs by
+M2·e_z, M2 = sup|σ''| (``CURVATURE``); at a kink (relu at 0) where |z| ≤ e_z the backend may
+take either branch, so the bound adds the jump of the slope (spec §7.3).
+
+The tolerance for comparing a backend with the reference is the backend's bound plus the
+reference's own float64 bound (spec §7.2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .grads import Grads, per_example_grads
+from .ops import ACTIVATIONS, GELU_TANH_C, GELU_TANH_K, INV_SQRT_2PI, SQRT_HALF, erfc
+from .problem import Activation, Dense, Problem
+
+ELEMENTARY_ULPS = 4
+"""Accuracy assumed of exp, log, log1p, tanh, erf: the largest documented error among the math
+libraries the built-in backends call (CUDA erfcf: 4 ulp; expf, tanhf, erff: 2 ulp; SLEEF u10/u35:
+1 to 3.5 ulp; glibc: ≤ 3 ulp)."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The arithmetic a backend is certified for: unit roundoff u and underflow threshold."""
+
+    name: str
+    u: float
+    tiny: float
+
+
+PRECISIONS: dict[tuple[str, str], Precision] = {
+    ("float64", "strict"): Precision("float64", 2.0**-53, float(np.finfo(np.float64).tiny)),
+    ("float32", "strict"): Precision("float32", 2.0**-24, float(np.finfo(np.float32).tiny)),
+}
+"""(dtype, precision mode) → unit roundoff. ``strict`` is IEEE arithmetic in that dtype
+(PyTorch TF32 off, JAX matmul precision "highest")."""
+
+REFERENCE = PRECISIONS[("float64", "strict")]
+
+
+def precision(dtype: str, mode: str = "strict") -> Precision:
+    try:
+        return PRECISIONS[(dtype, mode)]
+    except KeyError:
+        known = ", ".join(f"{d}/{m}" for d, m in PRECISIONS)
+        raise ValueError(f"no error model for dtype={dtype!r}, precision={mode!r}; known: {known}")
+
+
+def gamma(n: int | np.ndarray, u: float) -> np.ndarray:
+    """γ_n = nu / (1 − nu): relative error bound of an n-term sum."""
+    nu = np.asarray(n, dtype=np.float64) * u
+    return nu / (1.0 - nu)
+
+
+# -- running error arithmetic --------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class R:
+    """A computed quantity: value v and a bound e on its absolute error."""
+
+    v: np.ndarray
+    e: np.ndarray
+
+
+class Rounding:
+    """First-order error propagation at unit roundoff u (rules in the module docstring)."""
+
+    def __init__(self, p: Precision) -> None:
+        self.u, self.tiny = p.u, p.tiny
+        self.fn_rel = 2 * ELEMENTARY_ULPS * p.u
+
+    def exact(self, v: np.ndarray | float) -> R:
+        v = np.asarray(v, dtype=np.float64)
+        return R(v, np.zeros_like(v))
+
+    def const(self, c: float) -> R:
+        """A real constant (2/D, √½, …) as the backend holds it: rounded once."""
+        return R(np.asarray(c), np.asarray(self.u * abs(c)))
+
+    def _round(self, v: np.ndarray, e: np.ndarray, underflow: np.ndarray | float = 0.0) -> R:
+        return R(v, e + self.u * np.abs(v) + self.tiny * underflow)
+
+    @staticmethod
+    def _maybe_nonzero(x: R) -> np.ndarray:
+        return (np.abs(x.v) + x.e) > 0
+
+    def add(self, x: R, y: R) -> R:
+        return self._round(x.v + y.v, x.e + y.e)
+
+    def sub(self, x: R, y: R) -> R:
+        return self._round(x.v - y.v, x.e + y.e)
+
+    def mul(self, x: R, y: R) -> R:
+        nz = self._maybe_nonzero(x) & self._maybe_nonzero(y)
+        return self._round(x.v * y.v, np.abs(y.v) * x.e + np.abs(x.v) * y.e, nz)
+
+    def div(self, x: R, y: R) -> R:
+        v = x.v / y.v
+        return self._round(v, x.e / np.abs(y.v) + np.abs(v) * y.e / np.abs(y.v),
+                           self._maybe_nonzero(x))
+
+    def fn(self, f: Callable, df: Callable, x: R) -> R:
+        """An elementary function: propagated |f'(x)| e_x plus its own ≤ 2·ULPS·u relative error."""
+        v = f(x.v)
+        return R(v, np.abs(df(x.v)) * x.e + self.fn_rel * np.abs(v) + self.tiny)
+
+    def exp(self, x: R) -> R:
+        return self.fn(np.exp, np.exp, x)
+
+    def log(self, x: R) -> R:
+        return self.fn(np.log, lambda t: 1.0 / t, x)
+
+    def log1p(self, x: R) -> R:
+        return self.fn(np.log1p, lambda t: 1.0 / (1.0 + t), x)
+
+    def tanh(self, x: R) -> R:
+        return self.fn(np.tanh, lambda t: 1.0 - np.tanh(t) ** 2, x)
+
+    def erf(self, x: R) -> R:
+        return self.fn(lambda t: 1.0 - erfc(t), lambda t: 2.0 / math.sqrt(math.pi) * np.exp(-t * t), x)
+
+    def sum(self, x: R, axis: int) -> R:
+        n = x.v.shape[axis]
+        return R(x.v.sum(axis), x.e.sum(axis) + gamma(n, self.u) * np.abs(x.v).sum(axis))
+
+    def matmul(self, x: R, w: np.ndarray) -> R:
+        """x Wᵀ for exact W (n_out, n_in): n_in products (each may underflow), summed."""
+        n = w.shape[1]
+        aw = np.abs(w)
+        shadow = np.abs(x.v) @ aw.T
+        products = (self._maybe_nonzero(x).astype(float) @ (aw > 0).T.astype(float))
+        return R(x.v @ w.T, x.e @ aw.T + gamma(n, self.u) * shadow + self.tiny * products)
+
+
+# -- activations: value and slope evaluated by the frameworks' formulas --------------------------
+CURVATURE: dict[str, float] = {
+    "identity": 0.0,
+    "relu": 0.0,  # piecewise linear; the kink is handled separately (KINKS)
+    "tanh": 4.0 / (3.0 * math.sqrt(3.0)),  # |tanh''| peaks at tanh z = 1/√3
+    "sigmoid": 1.0 / (6.0 * math.sqrt(3.0)),  # |σ''| = σ(1−σ)|1−2σ|, peak at σ = ½ ± 1/(2√3)
+    "softplus": 0.25,  # softplus'' = σ(1−σ) ≤ ¼
+    "gelu": 2.0 * INV_SQRT_2PI,  # gelu'' = φ(z)(2 − z²), largest at z = 0
+    "gelu_tanh": 2.0 * INV_SQRT_2PI,  # equal to gelu''(0) at 0, smaller elsewhere (tested)
+}
+"""M2 = sup_z |σ''(z)| for each activation (each value is checked on a grid by the meta-tests)."""
+
+KINKS: dict[str, tuple[float, float]] = {"relu": (0.0, 1.0)}
+"""Activation → (location, jump of the slope) of its kink."""
+
+
+def _activation_rounding(name: str, z: np.ndarray, r: Rounding) -> tuple[R, R]:
+    """(σ(z), σ'(z)) with the error of evaluating them at an exactly known z."""
+    x = r.exact(z)
+    one, half = r.exact(1.0), r.exact(0.5)
+    if name == "identity":
+        return x, r.exact(np.ones_like(z))
+    if name == "relu":
+        return r.exact(np.maximum(z, 0.0)), r.exact((z > 0).astype(np.float64))
+    if name == "tanh":
+        a = r.tanh(x)
+        return a, r.sub(one, r.mul(a, a))
+    if name in ("sigmoid", "softplus"):  # stable forms, e = exp(−|z|), as frameworks evaluate
+        e = r.exp(r.exact(-np.abs(z)))
+        sig = r.div(R(np.where(z >= 0, 1.0, e.v), np.where(z >= 0, 0.0, e.e)), r.add(one, e))
+        if name == "sigmoid":  # slope a(1 − a)
+            return sig, r.mul(sig, r.sub(one, sig))
+        return r.add(r.exact(np.maximum(z, 0.0)), r.log1p(e)), sig  # softplus' = σ
+    if name == "gelu":  # z·½(1 + erf(z/√2)); slope Φ + z·e^{−z²/2}/√(2π)
+        cdf = r.mul(half, r.add(one, r.erf(r.mul(x, r.const(SQRT_HALF)))))
+        pdf = r.mul(r.exp(r.mul(r.exact(-0.5 * z), x)), r.const(INV_SQRT_2PI))
+        return r.mul(x, cdf), r.add(cdf, r.mul(x, pdf))
+    if name == "gelu_tanh":
+        cube = r.mul(r.mul(x, x), x)
+        inner = r.mul(r.const(GELU_TANH_K), r.add(x, r.mul(r.const(GELU_TANH_C), cube)))
+        t = r.tanh(inner)
+        right = r.add(one, t)
+        left = r.mul(half, x)
+        dinner = r.mul(r.const(GELU_TANH_K),
+                       r.add(one, r.mul(r.const(3 * GELU_TANH_C), r.mul(x, x))))
+        slope = r.add(r.mul(half, right), r.mul(r.mul(left, r.sub(one, r.mul(t, t))), dinner))
+        return r.mul(left, right), slope
+    raise KeyError(name)
+
+
+def activation(name: str, z: R, r: Rounding) -> tuple[R, R]:
+    """σ and σ' at a computed z (value z.v, error z.e): evaluation error plus propagated error."""
+    a, s = _activation_rounding(name, z.v, r)
+    slope_exact = ACTIVATIONS[name][1](z.v, a.v)
+    lipschitz = np.abs(slope_exact) + CURVATURE[name] * z.e
+    slope_err = s.e + CURVATURE[name] * z.e
+    if name in KINKS:
+        at, jump = KINKS[name]
+        near = np.abs(z.v - at) <= z.e
+        near &= z.e > 0
+        lipschitz = np.where(near, np.maximum(lipschitz, jump), lipschitz)
+        slope_err = slope_err + np.where(near, jump, 0.0)
+    return R(a.v, a.e + lipschitz * z.e), R(s.v, slope_err)
+
+
+# -- losses ----------------------------------------------------------------------------------------
+def _loss_and_cotangent(problem: Problem, out: R, r: Rounding) -> tuple[R, R]:
+    y = problem.batch.targets
+    if problem.loss.name == "squared_error":
+        d = out.v.shape[1]
+        res = r.sub(out, r.exact(y))
+        loss = r.mul(r.sum(r.mul(res, res), axis=1), r.const(1.0 / d))
+        return loss, r.mul(r.const(2.0 / d), res)
+    # softmax cross-entropy via log-softmax: ls = (z − m) − log Σ e^{z−m}; δ = e^{ls} − e_y
+    m = R(out.v.max(axis=1, keepdims=True), out.e.max(axis=1, keepdims=True))
+    s = r.sub(out, m)
+    lse = r.log(r.sum(r.exp(s), axis=1))
+    ls = r.sub(s, R(lse.v[:, None], lse.e[:, None]))
+    rows = np.arange(len(y))
+    loss = R(-ls.v[rows, y], ls.e[rows, y])
+    p = r.exp(ls)
+    onehot = np.zeros_like(p.v)
+    onehot[rows, y] = 1.0
+    return loss, r.sub(p, r.exact(onehot))
+
+
+# -- the bound for a whole problem -----------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Bound:
+    """Absolute error bounds, same shapes as the quantities they bound."""
+
+    losses: np.ndarray  # (N,)
+    grads: Grads  # {name: (N, *shape)} per-example
+    loss: float  # the reduced loss
+    batch_grads: Grads  # {name: shape}
+
+    def __add__(self, other: Bound) -> Bound:
+        return Bound(
+            self.losses + other.losses,
+            {k: v + other.grads[k] for k, v in self.grads.items()},
+            self.loss + other.loss,
+            {k: v + other.batch_grads[k] for k, v in self.batch_grads.items()},
+        )
+
+
+def _coefficient_rel_error(problem: Problem, u: float) -> np.ndarray:
+    """Relative error of the computed κ_i: 1/N and Σc rounding (weighted_mean)."""
+    n, name = problem.batch.size, problem.reduction.name
+    if name == "mean":
+        return np.full(n, u)
+    if name == "weighted_mean":
+        c = problem.batch.weights
+        assert c is not None
+        return np.full(n, gamma(n, u) * np.sum(np.abs(c)) / abs(np.sum(c)) + u)
+    return np.zeros(n)
+
+
+def error_bound(problem: Problem, p: Precision) -> Bound:
+    """First-order bound on the error of a backend computing ``problem`` at precision p."""
+    r = Rounding(p)
+    a = r.exact(problem.batch.inputs)
+    inputs: list[R] = []
+    slopes: dict[int, R] = {}
+    for k, layer in enumerate(problem.network.layers):
+        inputs.append(a)
+        if isinstance(layer, Dense):
+            z = r.matmul(a, problem.params[f"{k}.weight"])
+            if layer.bias:
+                z = r.add(z, r.exact(problem.params[f"{k}.bias"]))
+            a = z
+        else:
+            assert isinstance(layer, Activation)
+            a, slopes[k] = activation(layer.name, a, r)
+    losses, g = _loss_and_cotangent(problem, a, r)
+
+    per_example: Grads = {}
+    for k in range(len(problem.network.layers) - 1, -1, -1):
+        layer, x = problem.network.layers[k], inputs[k]
+        if isinstance(layer, Dense):
+            w = problem.params[f"{k}.weight"]
+            outer = np.einsum("no,ni->noi", g.e, np.abs(x.v)) + np.einsum(
+                "no,ni->noi", np.abs(g.v), x.e
+            )
+            mag = np.einsum("no,ni->noi", np.abs(g.v), np.abs(x.v))
+            maybe = np.einsum("no,ni->noi", r._maybe_nonzero(g), r._maybe_nonzero(x))
+            per_example[f"{k}.weight"] = outer + p.u * mag + p.tiny * maybe
+            if layer.bias:
+                per_example[f"{k}.bias"] = g.e
+            n_out = w.shape[0]
+            g = R(g.v @ w, g.e @ np.abs(w) + gamma(n_out, p.u) * (np.abs(g.v) @ np.abs(w))
+                  + p.tiny * (r._maybe_nonzero(g).astype(float) @ (np.abs(w) > 0)))
+        else:
+            g = r.mul(g, slopes[k])
+
+    # Reduction: Σ κ_i x_i with κ_i rounded (relative ε_i) and an N-term sum.
+    values, grads = per_example_grads(problem)
+    kappa = np.abs(problem.coefficients)
+    eps = _coefficient_rel_error(problem, p.u) + gamma(problem.batch.size, p.u)
+
+    def reduce(err: np.ndarray, val: np.ndarray) -> np.ndarray:
+        shape = (-1,) + (1,) * (err.ndim - 1)
+        return np.sum(kappa.reshape(shape) * (err + eps.reshape(shape) * np.abs(val)), axis=0)
+
+    names = problem.network.param_shapes()
+    per_example = {k: per_example[k] for k in names}
+    return Bound(
+        losses=losses.e,
+        grads=per_example,
+        loss=float(reduce(losses.e, values)),
+        batch_grads={k: reduce(per_example[k], grads[k]) for k in names},
+    )
+
+
+# -- tolerances ------------------------------------------------------------------------------------
+Override = float | Mapping[str, float] | None
+
+
+def tolerance(problem: Problem, dtype: str, mode: str = "strict", *, override: Override = None,
+              twice: bool = False) -> Bound:
+    """Tolerance for a backend at (dtype, mode) against the float64 reference (spec §7.2).
+
+    ``problem`` must already be rounded to ``dtype`` (``Problem.rounded``). ``twice=True`` is for
+    comparing two backend results with each other (both at dtype), e.g. mean of per-example
+    gradients against the batch gradient (spec §2.13). ``override`` replaces the bound: one
+    number for every quantity, or a dict {"loss", "grad"} of absolute tolerances.
+    """
+    b = error_bound(problem, precision(dtype, mode))
+    other = b if twice else error_bound(problem, REFERENCE)
+    total = b + other
+    if override is None:
+        return total
+    spec = {"loss": override, "grad": override} if isinstance(override, float | int) else override
+    lt, gt = float(spec.get("loss", 0.0)), float(spec.get("grad", 0.0))
+    return Bound(
+        np.full_like(total.losses, lt),
+        {k: np.full_like(v, gt) for k, v in total.grads.items()},
+        lt,
+        {k: np.full_like(v, gt) for k, v in total.batch_grads.items()},
+    )

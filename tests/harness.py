@@ -1,0 +1,256 @@
+"""The test harness: which backend runs where, how results are compared, how failures read.
+
+A property test receives a ``Target`` (backend × device × dtype × precision [× method], plus the
+clause it checks, taken from its ``@pytest.mark.clause`` marker) and a drawn ``Problem``; inside
+``with check(target, problem) as c:`` it calls the backend through the contract and compares
+with ``c.close(...)``. A mismatch raises ``ClauseFailure`` whose message names the clause,
+backend, device, dtype, parameter, observed error and tolerance, and whose note is a runnable
+snippet reproducing the counterexample.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from reference.contract import (
+    Backend,
+    BackendError,
+    Config,
+    checked_loss_and_grad,
+    checked_per_example,
+    load_backend,
+)
+from reference.grads import Grads
+from reference.numerics import Bound, Override, tolerance
+from reference.problem import Problem
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "spec"
+
+BUILTINS: dict[str, str] = {
+    "numpy": "reference.numpy_backend:backend",
+    "torch": "tests.backends.torch_backend:backend",
+    "jax": "tests.backends.jax_backend:backend",
+}
+FRAMEWORK = {"numpy": "numpy", "torch": "torch", "jax": "jax"}
+
+
+def available_builtins() -> list[str]:
+    """Built-in backends whose framework is importable here (no import is performed)."""
+    return [n for n in BUILTINS if importlib.util.find_spec(FRAMEWORK[n]) is not None]
+
+
+def load(spec: str) -> Backend:
+    """A built-in backend by name, or any 'module:attribute' (raises BackendError)."""
+    return load_backend(spec, BUILTINS)
+
+
+# -- the spec's clauses ---------------------------------------------------------------------------
+CLAUSE_HEADING = re.compile(r"^#{2,4}\s+§(\d+\.\d+)\s+(.+?)\s*$")
+
+
+@cache
+def clauses() -> dict[str, str]:
+    """Clause id → title, parsed from spec/*.md headings ``### §2.1 Title``."""
+    found: dict[str, str] = {}
+    for path in sorted(SPEC.glob("*.md")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            m = CLAUSE_HEADING.match(line)
+            if m:
+                found[m.group(1)] = m.group(2)
+    return found
+
+
+def clause_title(cid: str) -> str:
+    return f"§{cid} {clauses().get(cid, '(clause not found in spec/)')}"
+
+
+# -- targets and results --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """One backend configuration a test runs against, and the clause the test checks."""
+
+    spec: str  # what --backend named: "torch" or "pkg.mod:attr"
+    backend: Backend = field(compare=False, repr=False)
+    config: Config
+    clause: str = ""
+    method: str | None = None
+
+    @property
+    def id(self) -> str:
+        parts = [self.backend.name, self.config.device, self.config.dtype]
+        if self.config.precision != "strict":
+            parts.append(self.config.precision)
+        if self.method:
+            parts.append(self.method)
+        return "-".join(parts)
+
+    def describe(self) -> str:
+        versions = ", ".join(f"{k} {v}" for k, v in self.backend.versions().items())
+        method = f"  method={self.method}" if self.method else ""
+        return (f"backend={self.backend.name} ({versions})  device={self.config.device}  "
+                f"dtype={self.config.dtype}  precision={self.config.precision}{method}")
+
+
+@dataclass
+class Stat:
+    examples: int = 0
+    max_ratio: float = 0.0
+    failures: int = 0
+    worst: str = ""
+
+
+STATS: dict[tuple[str, str, str, str, str], Stat] = {}
+"""(clause, backend, device, dtype, precision) → examples run and largest error/tolerance."""
+
+
+def _stat(t: Target) -> Stat:
+    key = (t.clause, t.backend.name, t.config.device, t.config.dtype, t.config.precision)
+    return STATS.setdefault(key, Stat())
+
+
+class ClauseFailure(AssertionError):
+    """A backend disagreed with the spec. ``clause`` is the clause id it violated."""
+
+    def __init__(self, message: str, clause: str, target: Target | None = None) -> None:
+        super().__init__(message)
+        self.clause = clause
+        self.target = target
+
+
+def _fmt_index(ix: tuple[int, ...]) -> str:
+    return "[" + ", ".join(map(str, ix)) + "]" if ix else "[]"
+
+
+def mismatch_report(observed: np.ndarray, expected: np.ndarray, tol: np.ndarray,
+                    ) -> tuple[str, float]:
+    """numpy-style layered report of |observed − expected| > tol, and the largest ratio."""
+    observed, expected = np.asarray(observed, float), np.asarray(expected, float)
+    tol = np.broadcast_to(np.asarray(tol, float), expected.shape)
+    if observed.shape != expected.shape:
+        return f"shape mismatch: observed {observed.shape}, expected {expected.shape}", np.inf
+    err = np.abs(observed - expected)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(err == 0, 0.0, err / tol)
+    worst = float(ratio.max()) if ratio.size else 0.0
+    bad = ratio > 1.0
+    if not bad.any():
+        return "", worst
+    idx = [tuple(int(i) for i in ix) for ix in np.argwhere(bad)]
+    first = idx[0]
+    big = tuple(int(i) for i in np.unravel_index(np.argmax(np.where(bad, err, -1)), err.shape))
+    rat = tuple(int(i) for i in np.unravel_index(np.argmax(ratio), ratio.shape))
+    shown = ", ".join(_fmt_index(i) for i in idx[:5]) + (" …" if len(idx) > 5 else "")
+    lines = [
+        f"{len(idx)} of {err.size} elements exceed the tolerance, at {shown}",
+        f"first at {_fmt_index(first)}: observed={observed[first]!r}, but should be "
+        f"expected={expected[first]!r} (|error| {err[first]:.3g} > tolerance {tol[first]:.3g})",
+        f"largest |error| {err[big]:.3g} at {_fmt_index(big)} (tolerance {tol[big]:.3g}); "
+        f"largest error/tolerance {ratio[rat]:.3g} at {_fmt_index(rat)}",
+    ]
+    return "\n    ".join(lines), worst
+
+
+class Check:
+    """The context of one Hypothesis example: target, (rounded) problem, comparisons."""
+
+    def __init__(self, target: Target, problem: Problem, override: Override = None) -> None:
+        self.target = target
+        self.problem = problem.rounded(target.config.dtype)
+        self.override = override
+        self._tol: dict[tuple[int, bool], Bound] = {}
+
+    # backend calls through the validated contract ------------------------------------------
+    def loss_and_grad(self, problem: Problem | None = None) -> tuple[float, Grads]:
+        return checked_loss_and_grad(self.target.backend, problem or self.problem,
+                                     self.target.config)
+
+    def per_example(self, problem: Problem | None = None,
+                    method: str | None = None) -> tuple[np.ndarray, Grads]:
+        m = method or self.target.method
+        assert m is not None, "this test is not parametrised by method; pass method="
+        return checked_per_example(self.target.backend, problem or self.problem,
+                                   self.target.config, m)
+
+    def tol(self, problem: Problem | None = None, *, twice: bool = False) -> Bound:
+        """Tolerance for ``problem`` (default: the check's) at the target's dtype (spec §7.2)."""
+        p = problem or self.problem
+        key = (id(p), twice)
+        if key not in self._tol:
+            self._tol[key] = tolerance(p, self.target.config.dtype, self.target.config.precision,
+                                       override=self.override, twice=twice)
+        return self._tol[key]
+
+    # comparison -----------------------------------------------------------------------------
+    def close(self, observed: Mapping[str, np.ndarray] | np.ndarray | float,
+              expected: Mapping[str, np.ndarray] | np.ndarray | float,
+              tol: Mapping[str, np.ndarray] | np.ndarray | float, *,
+              what: str, call: str, expect: str) -> None:
+        """Assert |observed − expected| ≤ tol elementwise, per parameter when given mappings.
+
+        ``call`` and ``expect`` are Python expressions (in terms of ``backend``, ``config`` and
+        ``problem``) that produce observed and expected: they make the repro snippet.
+        """
+        __tracebackhide__ = True
+        if isinstance(observed, Mapping):
+            assert isinstance(expected, Mapping) and isinstance(tol, Mapping)
+            for name in expected:
+                self.close(observed[name], expected[name], tol[name], what=f"{what}[{name!r}]",
+                           call=f"{call}[{name!r}]", expect=f"{expect}[{name!r}]")
+            return
+        report, worst = mismatch_report(np.asarray(observed), np.asarray(expected),
+                                        np.asarray(tol))
+        stat = _stat(self.target)
+        if worst > stat.max_ratio:
+            stat.max_ratio, stat.worst = worst, what
+        if report:
+            stat.failures += 1
+            self.fail(f"{what} (shape {np.shape(expected)}): {report}\n"
+                      f"  [{call}] vs reference [{expect}]",
+                      snippet=(call, expect))
+
+    def fail(self, detail: str, snippet: tuple[str, str] | None = None) -> None:
+        __tracebackhide__ = True
+        t = self.target
+        err = ClauseFailure(f"{clause_title(t.clause)}\n  {t.describe()}\n  {detail}",
+                            t.clause, t)
+        err.add_note(self.repro(*(snippet or ("None", "None"))))
+        raise err
+
+    def repro(self, call: str, expect: str) -> str:
+        t = self.target
+        return "\n".join([
+            f"# Reproduce §{t.clause} on {t.id}: run from the repository root",
+            "from reference import *",
+            "from reference.contract import checked_loss_and_grad, checked_per_example",
+            "from tests.harness import load",
+            f"backend = load({t.spec!r})",
+            f"config = Config(device={t.config.device!r}, dtype={t.config.dtype!r}, "
+            f"precision={t.config.precision!r})",
+            f"method = {t.method!r}",
+            f"problem = {self.problem!r}",
+            f"observed = {call}",
+            f"expected = {expect}",
+            "print('observed:', observed, 'expected:', expected, sep='\\n')",
+        ])
+
+
+@contextmanager
+def check(target: Target, problem: Problem, override: Override = None) -> Iterator[Check]:
+    """Count one example for the target's clause; turn contract violations into clause failures."""
+    __tracebackhide__ = True
+    _stat(target).examples += 1
+    c = Check(target, problem, override)
+    try:
+        yield c
+    except BackendError as exc:
+        _stat(target).failures += 1
+        c.fail(f"the backend broke the contract: {exc}")

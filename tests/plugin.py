@@ -1,0 +1,133 @@
+"""pytest plugin: backend selection, parametrisation, Hypothesis profiles, header and summary.
+
+Options::
+
+    --backend NAME | module:attribute   repeatable; default: every built-in whose framework imports
+    --device DEV                        repeatable; default: every device the backend reports
+    --dtype float32|float64             repeatable; default: every dtype the backend supports
+    --precision strict                  precision mode the results are certified for (spec §7.2)
+    --hypothesis-profile dev|ci|thorough  (Hypothesis's own option; default dev, or ci when CI is set)
+
+A test that takes an argument ``target`` is run once per backend × device × dtype (× per-example
+method when it also takes ``method``); it must carry ``@pytest.mark.clause("C.N")``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import pytest
+from hypothesis import HealthCheck, Phase, Verbosity, settings
+
+from reference.contract import BackendError, Config
+from reference.problem import DTYPES
+
+from . import harness
+
+# -- Hypothesis profiles --------------------------------------------------------------------------
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                     HealthCheck.data_too_large])
+settings.register_profile("dev", max_examples=20, **_common)
+settings.register_profile("ci", max_examples=100, derandomize=True, print_blob=True, **_common)
+settings.register_profile("thorough", max_examples=1000, **_common)
+settings.register_profile("repro", max_examples=1, phases=[Phase.explicit, Phase.reuse],
+                          verbosity=Verbosity.verbose, **_common)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("batchgrad", "batchgrad-spec")
+    g.addoption("--backend", action="append", default=[], metavar="NAME",
+                help="backend to check: a built-in (numpy, torch, jax) or module:attribute; "
+                     "repeatable (default: every built-in whose framework imports)")
+    g.addoption("--device", action="append", default=[], metavar="DEV",
+                help="device(s) to run on (default: all the backend reports)")
+    g.addoption("--dtype", action="append", default=[], choices=list(DTYPES),
+                help="dtype(s) to check (default: all the backend supports)")
+    g.addoption("--precision", default="strict", choices=["strict"],
+                help="precision mode results are certified for (spec §7.2)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "clause(id, ...): the spec clause(s) a test checks")
+    config.addinivalue_line("markers", "meta: tests of the harness itself")
+    names = config.getoption("backend") or harness.available_builtins()
+    backends = []
+    for name in names:
+        try:
+            backends.append((name, harness.load(name)))
+        except BackendError as exc:
+            raise pytest.UsageError(f"--backend {name}: {exc}") from None
+    config.stash[_BACKENDS] = backends
+
+
+_BACKENDS = pytest.StashKey[list]()
+
+
+def selected_backends(config: pytest.Config) -> list:
+    return config.stash[_BACKENDS]
+
+
+def targets(config: pytest.Config, clause: str, with_method: bool) -> list[harness.Target]:
+    out = []
+    want_dev, want_dt = config.getoption("device"), config.getoption("dtype")
+    for spec, b in selected_backends(config):
+        for dev in b.devices():
+            if want_dev and dev not in want_dev:
+                continue
+            for dt in b.dtypes():
+                if want_dt and dt not in want_dt:
+                    continue
+                cfg = Config(dev, dt, config.getoption("precision"))
+                methods = list(b.per_example_methods()) if with_method else [None]
+                out += [harness.Target(spec, b, cfg, clause, m) for m in methods]
+    return out
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("clause")
+    if marker is None:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid} takes `target` but has no "
+                                f"@pytest.mark.clause(...)")
+    ts = targets(metafunc.config, marker.args[0], "method" in metafunc.fixturenames)
+    if "method" in metafunc.fixturenames:
+        metafunc.parametrize(["target", "method"], [(t, t.method) for t in ts],
+                             ids=[t.id for t in ts])
+    else:
+        metafunc.parametrize("target", ts, ids=[t.id for t in ts])
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"batchgrad-spec: python {platform.python_version()}, "
+             f"hypothesis profile {settings._current_profile!r} "
+             f"(max_examples={settings().max_examples}, derandomize={settings().derandomize}), "
+             f"seed {config.getoption('hypothesis_seed', None) or 'random'}"]
+    for spec, b in selected_backends(config):
+        versions = ", ".join(f"{k} {v}" for k, v in b.versions().items())
+        dts = [d for d in b.dtypes() if not config.getoption("dtype")
+               or d in config.getoption("dtype")]
+        lines.append(f"  backend {spec}: {versions}; devices {', '.join(b.devices())}; "
+                     f"dtypes {', '.join(dts)}; per-example {', '.join(b.per_example_methods())}"
+                     f"; precision {config.getoption('precision')}")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not harness.STATS:
+        return
+    tr = terminalreporter
+    tr.section("batchgrad-spec: examples and largest error/tolerance")
+    per: dict[tuple[str, str, str, str], harness.Stat] = {}
+    for (_, b, dev, dt, prec), s in harness.STATS.items():
+        agg = per.setdefault((b, dev, dt, prec), harness.Stat())
+        agg.examples += s.examples
+        agg.failures += s.failures
+        agg.max_ratio = max(agg.max_ratio, s.max_ratio)
+    tr.write_line(f"{'backend':<10}{'device':<8}{'dtype':<9}{'precision':<10}"
+                  f"{'examples':>9}{'failed':>8}  max error/tolerance")
+    for (b, dev, dt, prec), s in sorted(per.items()):
+        tr.write_line(f"{b:<10}{dev:<8}{dt:<9}{prec:<10}{s.examples:>9}{s.failures:>8}  "
+                      f"{s.max_ratio:.3g}")
