@@ -21,7 +21,7 @@ import importlib
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class Backend(Protocol):
         ...
 
     def devices(self) -> Sequence[str]:
-        """Devices present now, e.g. ("cpu", "cuda"). Must not fail when an accelerator is absent."""
+        """Devices present now, e.g. ("cpu", "cuda"); must not fail without an accelerator."""
         ...
 
     def dtypes(self) -> Sequence[str]:
@@ -93,7 +93,8 @@ def _resolve(spec: str, builtins: Mapping[str, str]) -> Any:
         known = ", ".join(sorted(builtins)) or "(none)"
         raise BackendError(
             f"unknown backend {spec!r}: built-in backends are {known}; for your own backend pass "
-            f"'package.module:attribute' naming an object that implements reference.contract.Backend"
+            f"'package.module:attribute' naming an object that implements "
+            f"reference.contract.Backend"
         )
     module_name, _, attr = target.partition(":")
     try:
@@ -106,7 +107,9 @@ def _resolve(spec: str, builtins: Mapping[str, str]) -> Any:
     try:
         obj = getattr(module, attr)
     except AttributeError as exc:
-        raise BackendError(f"backend {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
+        raise BackendError(
+            f"backend {spec!r}: module {module_name!r} has no attribute {attr!r}"
+        ) from exc
     if inspect.isclass(obj) or (callable(obj) and not hasattr(obj, "loss_and_grad")):
         try:
             obj = obj()
@@ -128,7 +131,7 @@ def load_backend(spec: str, builtins: Mapping[str, str] | None = None) -> Backen
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         raise BackendError(f"backend {spec!r}: dtypes() returned {dtypes}; allowed: {DTYPES}")
-    return obj  # type: ignore[no-any-return]
+    return cast(Backend, obj)
 
 
 # -- calling a backend through the contract, with every answer checked ----------------------------
@@ -171,14 +174,18 @@ def _call(backend: Backend, call: str, config: Config, fn: Any, *args: Any) -> A
     except BackendError:
         raise
     except Exception as exc:
-        raise BackendError(f"{_where(backend, call, config)} raised {type(exc).__name__}: {exc}") from exc
+        raise BackendError(
+            f"{_where(backend, call, config)} raised {type(exc).__name__}: {exc}"
+        ) from exc
     if not (isinstance(out, tuple) and len(out) == 2):
         raise BackendError(f"{_where(backend, call, config)} returned {type(out).__name__}, "
                            f"expected a pair (loss, gradients)")
     return out
 
 
-def checked_loss_and_grad(backend: Backend, problem: Problem, config: Config) -> tuple[float, Grads]:
+def checked_loss_and_grad(
+    backend: Backend, problem: Problem, config: Config
+) -> tuple[float, Grads]:
     """``backend.loss_and_grad`` with its answer validated (shape, keys, finiteness)."""
     call = "loss_and_grad"
     loss, grads = _call(backend, call, config, backend.loss_and_grad, problem, config)

@@ -66,7 +66,9 @@ def precision(dtype: str, mode: str = "strict") -> Precision:
         return PRECISIONS[(dtype, mode)]
     except KeyError:
         known = ", ".join(f"{d}/{m}" for d, m in PRECISIONS)
-        raise ValueError(f"no error model for dtype={dtype!r}, precision={mode!r}; known: {known}")
+        raise ValueError(
+            f"no error model for dtype={dtype!r}, precision={mode!r}; known: {known}"
+        ) from None
 
 
 def gamma(n: int | np.ndarray, u: float) -> np.ndarray:
@@ -139,7 +141,8 @@ class Rounding:
         return self.fn(np.tanh, lambda t: 1.0 - np.tanh(t) ** 2, x)
 
     def erf(self, x: R) -> R:
-        return self.fn(lambda t: 1.0 - erfc(t), lambda t: 2.0 / math.sqrt(math.pi) * np.exp(-t * t), x)
+        return self.fn(lambda t: 1.0 - erfc(t),
+                       lambda t: 2.0 / math.sqrt(math.pi) * np.exp(-t * t), x)
 
     def sum(self, x: R, axis: int) -> R:
         n = x.v.shape[axis]

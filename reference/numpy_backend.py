@@ -34,7 +34,9 @@ class NumpyBackend:
     def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
         return batch_grad(problem, np.dtype(config.dtype))
 
-    def per_example(self, problem: Problem, config: Config, method: str) -> tuple[np.ndarray, Grads]:
+    def per_example(
+        self, problem: Problem, config: Config, method: str
+    ) -> tuple[np.ndarray, Grads]:
         dtype = np.dtype(config.dtype)
         if method == "vmap":
             return per_example_grads(problem, dtype)

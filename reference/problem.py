@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal, Union
 
 import numpy as np
 
@@ -31,8 +30,6 @@ LOSS_NAMES = ("squared_error", "softmax_cross_entropy")
 REDUCTION_NAMES = ("mean", "sum", "weighted", "weighted_mean")
 DTYPES = ("float64", "float32")
 
-LossName = Literal["squared_error", "softmax_cross_entropy"]
-ReductionName = Literal["mean", "sum", "weighted", "weighted_mean"]
 
 
 class ProblemError(ValueError):
@@ -72,7 +69,7 @@ class Activation:
         return f"Activation({self.name!r})"
 
 
-Layer = Union[Dense, Activation]
+Layer = Dense | Activation
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ class Network:
         dense = self.dense_layers()
         if not dense:
             raise ProblemError(f"{self!r}: a network needs at least one Dense layer")
-        for (_, a), (_, b) in zip(dense, dense[1:]):
+        for (_, a), (_, b) in zip(dense, dense[1:], strict=False):
             if a.out_features != b.in_features:
                 raise ProblemError(
                     f"{self!r}: {a!r} feeds {b!r}; out_features must equal the next in_features"
@@ -271,7 +268,9 @@ class Problem:
     def with_batch(self, batch: Batch) -> Problem:
         return replace(self, batch=batch)
 
-    def with_reduction(self, reduction: Reduction | str, weights: np.ndarray | None = None) -> Problem:
+    def with_reduction(
+        self, reduction: Reduction | str, weights: np.ndarray | None = None
+    ) -> Problem:
         r = Reduction(reduction) if isinstance(reduction, str) else reduction
         batch = self.batch if weights is None else replace(self.batch, weights=weights)
         return replace(self, reduction=r, batch=batch)

@@ -6,7 +6,7 @@ Options::
     --device DEV                        repeatable; default: every device the backend reports
     --dtype float32|float64             repeatable; default: every dtype the backend supports
     --precision strict                  precision mode the results are certified for (spec §7.2)
-    --hypothesis-profile dev|ci|thorough  (Hypothesis's own option; default dev, or ci when CI is set)
+    --hypothesis-profile dev|ci|thorough  Hypothesis's option; default dev (ci when CI is set)
 
 A test that takes an argument ``target`` is run once per backend × device × dtype (× per-example
 method when it also takes ``method``); it must carry ``@pytest.mark.clause("C.N")``.

@@ -184,7 +184,7 @@ def problems(
     max_batch: int = 8,
     max_magnitude: float = 2.0,
 ) -> st.SearchStrategy[Problem]:
-    """Whole problems: a network drawn from ``nets`` (default ``networks()``), loss, reduction, θ and a batch.
+    """Whole problems: network from ``nets`` (default ``networks()``), loss, reduction, θ, batch.
 
     Cross-entropy networks get at least 2 outputs (classes); shrinks towards the smallest
     network, squared error, ``mean``, one example, all zeros.

@@ -88,7 +88,8 @@ def test_batch_gradient_is_invariant_under_permutation_of_the_batch(target, prob
         loss, grads = c.loss_and_grad()
         loss_p, grads_p = c.loss_and_grad(permuted)
         tol = c.tol(twice=True)
-        call = f"checked_loss_and_grad(backend, problem.with_batch(problem.batch.take({perm})), config)"
+        call = ("checked_loss_and_grad(backend, "
+                f"problem.with_batch(problem.batch.take({perm})), config)")
         c.close(loss_p, loss, tol.loss, what="L(permuted batch)", call=f"{call}[0]",
                 expect="checked_loss_and_grad(backend, problem, config)[0]")
         c.close(grads_p, grads, tol.batch_grads, what="∇L(permuted batch)", call=f"{call}[1]",
@@ -163,7 +164,7 @@ def test_a_zero_batch_loss_does_not_imply_a_zero_gradient(target, problem):
         loss, grads = c.loss_and_grad()
         tol = c.tol()
         assume(any(np.any(np.abs(v) > 2 * tol.batch_grads[k]) for k, v in expected.items()))
-        c.close(loss, float(np.sum(w * losses)), tol.loss, what="L = Σ c_i ℓ_i (= 0 up to rounding)",
+        c.close(loss, float(np.sum(w * losses)), tol.loss, what="L = Σ c_i ℓ_i (0 up to rounding)",
                 call="checked_loss_and_grad(backend, problem, config)[0]",
                 expect="float(np.sum(problem.batch.weights * per_example_grads(problem)[0]))")
         c.close(grads, expected, tol.batch_grads, what="∇L with L = 0",

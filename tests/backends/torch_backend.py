@@ -148,7 +148,9 @@ class TorchBackend:
             return float(loss.detach()), {n: _numpy(p.grad) for n, p in model.named_parameters()
                                  if p.grad is not None}
 
-    def per_example(self, problem: Problem, config: Config, method: str) -> tuple[np.ndarray, Grads]:
+    def per_example(
+        self, problem: Problem, config: Config, method: str
+    ) -> tuple[np.ndarray, Grads]:
         with _strict(config):
             model = build_model(problem, config)
             x, y, _ = _tensors(problem, config)

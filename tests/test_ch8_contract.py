@@ -1,0 +1,92 @@
+"""Spec chapter 8: the backend contract (interface, loading, validated answers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference.contract import (
+    Backend,
+    BackendError,
+    Config,
+    checked_loss_and_grad,
+    checked_per_example,
+    load_backend,
+)
+from reference.numpy_backend import NumpyBackend
+
+from .harness import BUILTINS, check
+from .test_ch2_core import worked_example_problem
+
+
+@pytest.mark.clause("8.1")
+def test_backend_implements_the_contract(target, method):
+    b = target.backend
+    assert isinstance(b, Backend)
+    assert isinstance(b.name, str) and b.name
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in b.versions().items())
+    assert target.config.device in b.devices()
+    assert set(b.dtypes()) <= {"float64", "float32"}
+    assert method in b.per_example_methods()
+    with check(target, worked_example_problem()) as c:
+        loss, grads = c.loss_and_grad()
+        losses, per_ex = c.per_example()
+    assert isinstance(loss, float) and set(grads) == {"0.weight"}
+    assert losses.shape == (2,) and per_ex["0.weight"].shape == (2, 1, 5)
+
+
+@pytest.mark.clause("8.2")
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(BackendError, match=r"unknown backend 'nosuch'.*numpy, torch.*module:attr"):
+        load_backend("nosuch", BUILTINS)
+    with pytest.raises(BackendError, match=r"cannot import module 'no_such_module'"):
+        load_backend("no_such_module:thing", BUILTINS)
+    with pytest.raises(BackendError, match=r"has no attribute 'missing'"):
+        load_backend("reference.numpy_backend:missing", BUILTINS)
+    with pytest.raises(BackendError, match=r"does not implement the contract: missing .*"
+                                           r"loss_and_grad"):
+        load_backend("reference.problem:ACTIVATION_NAMES", BUILTINS)
+    assert load_backend("reference.numpy_backend:NumpyBackend").name == "numpy"  # a class
+    assert load_backend("numpy", BUILTINS).name == "numpy"
+
+
+class _Broken(NumpyBackend):
+    """The numpy backend with one answer broken, for §8.3."""
+
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+
+    def loss_and_grad(self, problem, config):
+        loss, grads = super().loss_and_grad(problem, config)
+        if self.fault == "raises":
+            raise RuntimeError("boom")
+        if self.fault == "shape":
+            grads = {k: v.T[None] for k, v in grads.items()}
+        if self.fault == "nan":
+            grads = {k: np.full_like(v, np.nan) for k, v in grads.items()}
+        if self.fault == "extra":
+            grads = {**grads, "9.weight": np.zeros(1)}
+        if self.fault == "single":
+            return loss
+        return loss, grads
+
+    def per_example(self, problem, config, method):
+        losses, grads = super().per_example(problem, config, method)
+        return (losses[:-1] if self.fault == "shape" else losses), grads
+
+
+@pytest.mark.clause("8.3")
+@pytest.mark.parametrize("fault, message", [
+    ("raises", r"loss_and_grad on cpu-float64-strict raised RuntimeError: boom"),
+    ("shape", r"gradient '0.weight' of shape \(1, 5, 1\), but the contract requires \(1, 5\)"),
+    ("nan", r"non-finite gradient '0.weight' \(NaN or inf at \[\[0, 0\]"),
+    ("extra", r"returned gradients for \['0.weight', '9.weight'\], expected exactly"),
+    ("single", r"expected a pair \(loss, gradients\)"),
+])
+def test_contract_violations_are_clear_errors(fault, message):
+    backend, problem, config = _Broken(fault), worked_example_problem(), Config()
+    with pytest.raises(BackendError, match=message):
+        checked_loss_and_grad(backend, problem, config)
+    if fault == "shape":
+        with pytest.raises(BackendError, match=r"losses of shape \(1,\).*requires \(2,\)"):
+            checked_per_example(backend, problem, config, "vmap")
