@@ -20,12 +20,12 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
-from .problem import DTYPES, Problem
+from .problem import DTYPES, Batch, Problem
 
 Grads = dict[str, np.ndarray]
 
@@ -183,12 +183,39 @@ def _call(backend: Backend, call: str, config: Config, fn: Any, *args: Any) -> A
     return out
 
 
+def _private_copy(problem: Problem) -> Problem:
+    """A copy of ``problem`` with arrays of its own, for the backend to read (or wrongly write):
+    the caller's problem, and so the counterexample a failure reports, stays as it was drawn."""
+    b = problem.batch
+    return replace(problem, params={k: v.copy() for k, v in problem.params.items()},
+                   batch=Batch(b.inputs.copy(), b.targets.copy(),
+                               None if b.weights is None else b.weights.copy()))
+
+
+def _check_unmodified(backend: Backend, call: str, config: Config, problem: Problem,
+                      given: Problem) -> None:
+    """The backend was handed ``given``, a private copy of ``problem``: it must be unchanged."""
+    if set(given.params) != set(problem.params):
+        raise BackendError(f"{_where(backend, call, config)} added or removed keys of "
+                           f"problem.params in place; a problem is read-only")
+    pairs = [(f"problem.params[{k!r}]", v, given.params[k]) for k, v in problem.params.items()]
+    pairs += [(f"problem.batch.{a}", getattr(problem.batch, a), getattr(given.batch, a))
+              for a in ("inputs", "targets", "weights")]
+    for what, before, after in pairs:
+        if not (before is after is None or (before is not None and after is not None
+                                            and np.array_equal(before, after))):
+            raise BackendError(f"{_where(backend, call, config)} modified {what} in place; a "
+                               f"problem is read-only (a batch is evaluated at one θ, §2.5)")
+
+
 def checked_loss_and_grad(
     backend: Backend, problem: Problem, config: Config
 ) -> tuple[float, Grads]:
-    """``backend.loss_and_grad`` with its answer validated (shape, keys, finiteness)."""
+    """``backend.loss_and_grad`` with its answer validated (shape, keys, finiteness, no writes)."""
     call = "loss_and_grad"
-    loss, grads = _call(backend, call, config, backend.loss_and_grad, problem, config)
+    given = _private_copy(problem)
+    loss, grads = _call(backend, call, config, backend.loss_and_grad, given, config)
+    _check_unmodified(backend, call, config, problem, given)
     loss_a = _as_array(backend, call, config, "loss", loss, ())
     return float(loss_a), _check_grads(backend, call, config, grads,
                                        problem.network.param_shapes(), ())
@@ -196,9 +223,11 @@ def checked_loss_and_grad(
 
 def checked_per_example(backend: Backend, problem: Problem, config: Config,
                         method: str) -> tuple[np.ndarray, Grads]:
-    """``backend.per_example`` with its answer validated (shape, keys, finiteness)."""
+    """``backend.per_example`` with its answer validated (shape, keys, finiteness, no writes)."""
     call = f"per_example(method={method!r})"
     n = problem.batch.size
-    losses, grads = _call(backend, call, config, backend.per_example, problem, config, method)
+    given = _private_copy(problem)
+    losses, grads = _call(backend, call, config, backend.per_example, given, config, method)
+    _check_unmodified(backend, call, config, problem, given)
     return (_as_array(backend, call, config, "losses", losses, (n,)),
             _check_grads(backend, call, config, grads, problem.network.param_shapes(), (n,)))

@@ -105,7 +105,7 @@ class Rounding:
         return R(v, e + self.u * np.abs(v) + self.tiny * underflow)
 
     @staticmethod
-    def _maybe_nonzero(x: R) -> np.ndarray:
+    def maybe_nonzero(x: R) -> np.ndarray:
         return (np.abs(x.v) + x.e) > 0
 
     def add(self, x: R, y: R) -> R:
@@ -115,13 +115,13 @@ class Rounding:
         return self._round(x.v - y.v, x.e + y.e)
 
     def mul(self, x: R, y: R) -> R:
-        nz = self._maybe_nonzero(x) & self._maybe_nonzero(y)
+        nz = self.maybe_nonzero(x) & self.maybe_nonzero(y)
         return self._round(x.v * y.v, np.abs(y.v) * x.e + np.abs(x.v) * y.e, nz)
 
     def div(self, x: R, y: R) -> R:
         v = x.v / y.v
         return self._round(v, x.e / np.abs(y.v) + np.abs(v) * y.e / np.abs(y.v),
-                           self._maybe_nonzero(x))
+                           self.maybe_nonzero(x))
 
     def fn(self, f: Callable, df: Callable, x: R) -> R:
         """An elementary function: propagated |f'(x)| e_x plus its own ≤ 2·ULPS·u relative error."""
@@ -153,7 +153,7 @@ class Rounding:
         n = w.shape[1]
         aw = np.abs(w)
         shadow = np.abs(x.v) @ aw.T
-        products = (self._maybe_nonzero(x).astype(float) @ (aw > 0).T.astype(float))
+        products = (self.maybe_nonzero(x).astype(float) @ (aw > 0).T.astype(float))
         return R(x.v @ w.T, x.e @ aw.T + gamma(n, self.u) * shadow + self.tiny * products)
 
 
@@ -290,44 +290,61 @@ def error_bound(problem: Problem, p: Precision) -> Bound:
         else:
             assert isinstance(layer, Activation)
             a, slopes[k] = activation(layer.name, a, r)
-    losses, g = _loss_and_cotangent(problem, a, r)
-
-    per_example: Grads = {}
-    for k in range(len(problem.network.layers) - 1, -1, -1):
-        layer, x = problem.network.layers[k], inputs[k]
-        if isinstance(layer, Dense):
-            w = problem.params[f"{k}.weight"]
-            outer = np.einsum("no,ni->noi", g.e, np.abs(x.v)) + np.einsum(
-                "no,ni->noi", np.abs(g.v), x.e
-            )
-            mag = np.einsum("no,ni->noi", np.abs(g.v), np.abs(x.v))
-            maybe = np.einsum("no,ni->noi", r._maybe_nonzero(g), r._maybe_nonzero(x))
-            per_example[f"{k}.weight"] = outer + p.u * mag + p.tiny * maybe
-            if layer.bias:
-                per_example[f"{k}.bias"] = g.e
-            n_out = w.shape[0]
-            g = R(g.v @ w, g.e @ np.abs(w) + gamma(n_out, p.u) * (np.abs(g.v) @ np.abs(w))
-                  + p.tiny * (r._maybe_nonzero(g).astype(float) @ (np.abs(w) > 0)))
-        else:
-            g = r.mul(g, slopes[k])
-
-    # Reduction: Σ κ_i x_i with κ_i rounded (relative ε_i) and an N-term sum.
+    losses, cot = _loss_and_cotangent(problem, a, r)
+    names = problem.network.param_shapes()
     values, grads = per_example_grads(problem)
-    kappa = np.abs(problem.coefficients)
-    eps = _coefficient_rel_error(problem, p.u) + gamma(problem.batch.size, p.u)
+    n = problem.batch.size
+    kappa = problem.coefficients
+    eps = _coefficient_rel_error(problem, p.u)
+
+    # Per-example gradients: the backward pass seeded with ∂ℓ_i/∂f_i.
+    per_example = _backward_bound(problem, inputs, slopes, cot, r)
+
+    # The batch gradient: frameworks seed the backward pass with κ_i ∂ℓ_i/∂f_i (κ_i rounded,
+    # relative error ε_i), so underflow happens at the scaled magnitude; then an N-term sum.
+    # A backend that instead scales the per-example gradients at the end makes one more
+    # rounding (u|κ_i g_i| + tiny), also added.
+    seed = R(kappa[:, None] * cot.v,
+             np.abs(kappa)[:, None] * cot.e + (eps + p.u)[:, None] * np.abs(kappa[:, None] * cot.v)
+             + p.tiny * r.maybe_nonzero(cot))
+    scaled = _backward_bound(problem, inputs, slopes, seed, r)
 
     def reduce(err: np.ndarray, val: np.ndarray) -> np.ndarray:
         shape = (-1,) + (1,) * (err.ndim - 1)
-        return np.sum(kappa.reshape(shape) * (err + eps.reshape(shape) * np.abs(val)), axis=0)
+        kv = np.abs(kappa.reshape(shape) * val)
+        return np.sum(err + p.u * kv + p.tiny * (kv > 0), axis=0) + gamma(n, p.u) * kv.sum(0)
 
-    names = problem.network.param_shapes()
-    per_example = {k: per_example[k] for k in names}
+    loss_terms = np.abs(kappa) * losses.e + eps * np.abs(kappa * values)
     return Bound(
         losses=losses.e,
         grads=per_example,
-        loss=float(reduce(losses.e, values)),
-        batch_grads={k: reduce(per_example[k], grads[k]) for k in names},
+        loss=float(reduce(loss_terms, values)),
+        batch_grads={k: reduce(scaled[k], grads[k]) for k in names},
     )
+
+
+def _backward_bound(problem: Problem, inputs: list[R], slopes: dict[int, R], g: R,
+                    r: Rounding) -> Grads:
+    """Error bounds of z̄_i a_iᵀ and z̄_i for every Dense layer, from the output cotangent g."""
+    out: Grads = {}
+    u, tiny = r.u, r.tiny
+    for k in range(len(problem.network.layers) - 1, -1, -1):
+        layer, x = problem.network.layers[k], inputs[k]
+        if isinstance(layer, Dense):
+            w = np.abs(problem.params[f"{k}.weight"])
+            gv, xv = np.abs(g.v), np.abs(x.v)
+            maybe = np.einsum("no,ni->noi", r.maybe_nonzero(g), r.maybe_nonzero(x))
+            out[f"{k}.weight"] = (np.einsum("no,ni->noi", g.e, xv)
+                                  + np.einsum("no,ni->noi", gv, x.e)
+                                  + u * np.einsum("no,ni->noi", gv, xv) + tiny * maybe)
+            if layer.bias:
+                out[f"{k}.bias"] = g.e
+            products = r.maybe_nonzero(g).astype(float) @ (w > 0)
+            g = R(g.v @ problem.params[f"{k}.weight"],
+                  g.e @ w + gamma(w.shape[0], u) * (gv @ w) + tiny * products)
+        else:
+            g = r.mul(g, slopes[k])
+    return {k: out[k] for k in problem.network.param_shapes()}
 
 
 # -- tolerances ------------------------------------------------------------------------------------
