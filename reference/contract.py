@@ -84,7 +84,12 @@ CONTRACT = ("name", "versions", "devices", "dtypes", "per_example_methods", "los
 
 
 class BackendError(Exception):
-    """A backend could not be loaded, or broke the contract. The message says what to fix."""
+    """A backend could not be loaded, or broke the contract. The message says what to fix.
+
+    ``call`` is "loss_and_grad" or "per_example" when the error came from that call.
+    """
+
+    call: str | None = None
 
 
 def _resolve(spec: str, builtins: Mapping[str, str]) -> Any:
@@ -150,9 +155,10 @@ def _as_array(backend: Backend, call: str, config: Config, what: str, x: Any,
         raise BackendError(f"{_where(backend, call, config)} returned {what} of shape {a.shape}, "
                            f"but the contract requires {shape}")
     if not np.all(np.isfinite(a)):
-        bad = np.argwhere(~np.isfinite(a))[:3].tolist()
+        at = np.argwhere(~np.isfinite(a))[:3].tolist()
+        where = f"value {float(a)!r}" if a.ndim == 0 else f"NaN or inf at {at}"
         raise BackendError(f"{_where(backend, call, config)} returned non-finite {what} "
-                           f"(NaN or inf at {bad}); the reference is finite here")
+                           f"({where}); the reference is finite here")
     return a
 
 
@@ -213,12 +219,16 @@ def checked_loss_and_grad(
 ) -> tuple[float, Grads]:
     """``backend.loss_and_grad`` with its answer validated (shape, keys, finiteness, no writes)."""
     call = "loss_and_grad"
-    given = _private_copy(problem)
-    loss, grads = _call(backend, call, config, backend.loss_and_grad, given, config)
-    _check_unmodified(backend, call, config, problem, given)
-    loss_a = _as_array(backend, call, config, "loss", loss, ())
-    return float(loss_a), _check_grads(backend, call, config, grads,
-                                       problem.network.param_shapes(), ())
+    try:
+        given = _private_copy(problem)
+        loss, grads = _call(backend, call, config, backend.loss_and_grad, given, config)
+        _check_unmodified(backend, call, config, problem, given)
+        loss_a = _as_array(backend, call, config, "loss", loss, ())
+        return float(loss_a), _check_grads(backend, call, config, grads,
+                                           problem.network.param_shapes(), ())
+    except BackendError as exc:
+        exc.call = "loss_and_grad"
+        raise
 
 
 def checked_per_example(backend: Backend, problem: Problem, config: Config,
@@ -226,8 +236,12 @@ def checked_per_example(backend: Backend, problem: Problem, config: Config,
     """``backend.per_example`` with its answer validated (shape, keys, finiteness, no writes)."""
     call = f"per_example(method={method!r})"
     n = problem.batch.size
-    given = _private_copy(problem)
-    losses, grads = _call(backend, call, config, backend.per_example, given, config, method)
-    _check_unmodified(backend, call, config, problem, given)
-    return (_as_array(backend, call, config, "losses", losses, (n,)),
-            _check_grads(backend, call, config, grads, problem.network.param_shapes(), (n,)))
+    try:
+        given = _private_copy(problem)
+        losses, grads = _call(backend, call, config, backend.per_example, given, config, method)
+        _check_unmodified(backend, call, config, problem, given)
+        return (_as_array(backend, call, config, "losses", losses, (n,)),
+                _check_grads(backend, call, config, grads, problem.network.param_shapes(), (n,)))
+    except BackendError as exc:
+        exc.call = "per_example"
+        raise

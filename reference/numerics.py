@@ -13,7 +13,10 @@ each number is a stated assumption of the floating-point model (spec §7.1):
 
 A value is carried as R(v, e): the float64 value v and a bound e on the absolute error with which
 a backend working at unit roundoff u computes it. Rules are first order (products of two error
-terms are dropped; they are O(u²) and below the bound while n·u ≪ 1). The bound is run through
+terms are dropped; they are O(u²) and below the bound while n·u ≪ 1), except in a product of two
+computed quantities, which keeps e_x·e_y: behind a kink a slope's error is the jump (O(1), not
+O(u)), and a value may be 0 in the bound's own arithmetic but not in the backend's (GELU's
+1 + erf cancels to 0 for z ≪ 0), so e_x·e_y can be the only term left. The bound is run through
 the network forward and backward in the same structure as ``reference.grads``; elementwise
 activations are evaluated by the formula frameworks use (e.g. GELU as ½z(1 + erf(z/√2))), so their
 error reflects that formula. A slope σ'(z) evaluated at a z that itself errs by e_z errs by
@@ -116,7 +119,8 @@ class Rounding:
 
     def mul(self, x: R, y: R) -> R:
         nz = self.maybe_nonzero(x) & self.maybe_nonzero(y)
-        return self._round(x.v * y.v, np.abs(y.v) * x.e + np.abs(x.v) * y.e, nz)
+        # |x̂ŷ − xy| ≤ |y|e_x + |x|e_y + e_x e_y, exactly: e_x e_y is not O(u²) at a kink
+        return self._round(x.v * y.v, np.abs(y.v) * x.e + np.abs(x.v) * y.e + x.e * y.e, nz)
 
     def div(self, x: R, y: R) -> R:
         v = x.v / y.v
@@ -336,6 +340,7 @@ def _backward_bound(problem: Problem, inputs: list[R], slopes: dict[int, R], g: 
             maybe = np.einsum("no,ni->noi", r.maybe_nonzero(g), r.maybe_nonzero(x))
             out[f"{k}.weight"] = (np.einsum("no,ni->noi", g.e, xv)
                                   + np.einsum("no,ni->noi", gv, x.e)
+                                  + np.einsum("no,ni->noi", g.e, x.e)  # see Rounding.mul
                                   + u * np.einsum("no,ni->noi", gv, xv) + tiny * maybe)
             if layer.bias:
                 out[f"{k}.bias"] = g.e

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -159,6 +159,22 @@ def mismatch_report(observed: np.ndarray, expected: np.ndarray, tol: np.ndarray,
     return "\n    ".join(lines), worst
 
 
+CALLS = {
+    "loss_and_grad": ("checked_loss_and_grad(backend, problem, config)", "batch_grad(problem)"),
+    "per_example": ("checked_per_example(backend, problem, config, method)",
+                    "per_example_grads(problem)"),
+}
+
+
+def _origin(exc: BaseException) -> str:
+    """Where inside the backend an exception was raised (its innermost frame), if it raised."""
+    cause = exc.__cause__
+    if cause is None or cause.__traceback__ is None:
+        return ""
+    frame = traceback.extract_tb(cause.__traceback__)[-1]
+    return f"\n  raised at {frame.filename}:{frame.lineno} in {frame.name}: {frame.line}"
+
+
 class Check:
     """The context of one Hypothesis example: target, (rounded) problem, comparisons."""
 
@@ -167,6 +183,17 @@ class Check:
         self.problem = problem.rounded(target.config.dtype)
         self.override = override
         self._tol: dict[tuple[int, bool], Bound] = {}
+
+    def __enter__(self) -> Check:
+        _stat(self.target).examples += 1
+        return self
+
+    def __exit__(self, typ: type | None, exc: BaseException | None, tb: object) -> None:
+        __tracebackhide__ = True
+        if isinstance(exc, BackendError):
+            _stat(self.target).failures += 1
+            self.fail(f"the backend broke the contract: {exc}{_origin(exc)}",
+                      snippet=CALLS.get(exc.call or ""))
 
     # backend calls through the validated contract ------------------------------------------
     def loss_and_grad(self, problem: Problem | None = None) -> tuple[float, Grads]:
@@ -222,8 +249,9 @@ class Check:
         t = self.target
         err = ClauseFailure(f"{clause_title(t.clause)}\n  {t.describe()}\n  {detail}",
                             t.clause, t)
-        err.add_note(self.repro(*(snippet or ("None", "None"))))
-        raise err
+        if snippet:
+            err.add_note(self.repro(*snippet))
+        raise err from None
 
     def repro(self, call: str, expect: str) -> str:
         t = self.target
@@ -243,14 +271,7 @@ class Check:
         ])
 
 
-@contextmanager
-def check(target: Target, problem: Problem, override: Override = None) -> Iterator[Check]:
-    """Count one example for the target's clause; turn contract violations into clause failures."""
-    __tracebackhide__ = True
-    _stat(target).examples += 1
-    c = Check(target, problem, override)
-    try:
-        yield c
-    except BackendError as exc:
-        _stat(target).failures += 1
-        c.fail(f"the backend broke the contract: {exc}")
+def check(target: Target, problem: Problem, override: Override = None) -> Check:
+    """``with check(target, problem) as c:`` counts one example for the target's clause and
+    turns a contract violation inside the block into a clause failure (spec §8.3)."""
+    return Check(target, problem, override)

@@ -126,8 +126,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         agg.examples += s.examples
         agg.failures += s.failures
         agg.max_ratio = max(agg.max_ratio, s.max_ratio)
-    tr.write_line(f"{'backend':<10}{'device':<8}{'dtype':<9}{'precision':<10}"
+    w = max([10] + [len(b) + 2 for b, *_ in per])  # a backend's name may be long
+    tr.write_line(f"{'backend':<{w}}{'device':<8}{'dtype':<9}{'precision':<10}"
                   f"{'examples':>9}{'failed':>8}  max error/tolerance")
     for (b, dev, dt, prec), s in sorted(per.items()):
-        tr.write_line(f"{b:<10}{dev:<8}{dt:<9}{prec:<10}{s.examples:>9}{s.failures:>8}  "
+        tr.write_line(f"{b:<{w}}{dev:<8}{dt:<9}{prec:<10}{s.examples:>9}{s.failures:>8}  "
                       f"{s.max_ratio:.3g}")
