@@ -7,7 +7,7 @@ defaults and what its examples shrink towards. Their own behaviour is tested in
 
 Values are float32-representable normal numbers (``width=32``) of magnitude ≤ ``max_magnitude``:
 the float32 and float64 backends see exactly the same inputs, and nothing overflows (with widths
-≤ 16 and depth ≤ 4 every pre-activation stays below 2·10⁶). Hypothesis favours 0, ±1 and the
+≤ 16 and depth ≤ 4 every pre-activation stays below 2.2·10⁶). Hypothesis favours 0, ±1 and the
 bounds, so exact-zero pre-activations (relu's kink) occur by themselves.
 """
 
@@ -120,14 +120,28 @@ def networks(
 
 
 def parameters(network: Network, *, max_magnitude: float = 2.0) -> st.SearchStrategy[dict]:
-    """θ for ``network``: {name: float64 array of the documented shape}; shrinks towards zeros."""
+    """θ for ``network``: {name: float64 array of the documented shape}; shrinks towards zeros.
+
+    A bias vector is drawn for every Dense layer and dropped where the layer has none, so that a
+    network without biases is not a shorter (hence "simpler") example to Hypothesis than the
+    same network with them: examples shrink towards biases, as ``networks()`` documents.
+    """
     if not isinstance(network, Network):
         raise InvalidArgument(f"network={network!r} must be a reference.problem.Network")
     elements = floats(max_magnitude=max_magnitude)
-    return st.fixed_dictionaries({
-        name: hnp.arrays(np.float64, shape, elements=elements)
-        for name, shape in network.param_shapes().items()
-    })
+
+    @st.composite
+    def build(draw: st.DrawFn) -> dict:
+        params = {}
+        for k, d in network.dense_layers():
+            params[f"{k}.weight"] = draw(hnp.arrays(np.float64, (d.out_features, d.in_features),
+                                                    elements=elements))
+            b = draw(hnp.arrays(np.float64, (d.out_features,), elements=elements))
+            if d.bias:
+                params[f"{k}.bias"] = b
+        return params
+
+    return build()
 
 
 def reductions(*, names: Sequence[str] = REDUCTION_NAMES) -> st.SearchStrategy[Reduction]:
@@ -162,8 +176,8 @@ def batches(
         if loss.name == "squared_error":
             y = draw(hnp.arrays(np.float64, (n, d), elements=elements))
         else:
-            y = np.array(draw(st.lists(st.integers(0, d - 1), min_size=n, max_size=n)),
-                         dtype=np.int64)
+            # an array like the squared-error targets, so that neither loss is a shorter example
+            y = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, d - 1)))
         w = None
         if reduction.name == "weighted":
             w = draw(hnp.arrays(np.float64, (n,), elements=elements))
@@ -192,6 +206,7 @@ def problems(
     loss_names = _check_names("losses", losses, LOSS_NAMES)
     red = _check_names("reductions", reductions, REDUCTION_NAMES)
     _check_range("batch", min_batch, max_batch, 1, MAX_BATCH)
+    floats(max_magnitude=max_magnitude)  # validate now, not at the first draw
     nets = nets if nets is not None else networks()
 
     @st.composite
