@@ -7,6 +7,8 @@ Options::
     --dtype float32|float64             repeatable; default: every dtype the backend supports
     --precision strict                  precision mode the results are certified for (spec §7.2)
     --hypothesis-profile dev|ci|thorough  Hypothesis's option; default dev (ci when CI is set)
+    --conformance-report PATH           write a JSON record and a Markdown table (tests/report.py)
+    --xfails-file PATH                  known deviations: `PATTERN  # §C.N reason` per line
 
 A test that takes an argument ``target`` is run once per backend × device × dtype (× per-example
 method when it also takes ``method``); it must carry ``@pytest.mark.clause("C.N")``.
@@ -24,6 +26,8 @@ from reference.contract import BackendError, Config
 from reference.problem import DTYPES
 
 from . import harness
+
+pytest_plugins = ["tests.report"]  # conformance reports and the xfails file (spec §8.5)
 
 # -- Hypothesis profiles --------------------------------------------------------------------------
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -47,6 +51,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="dtype(s) to check (default: all the backend supports)")
     g.addoption("--precision", default="strict", choices=["strict"],
                 help="precision mode results are certified for (spec §7.2)")
+    g.addoption("--conformance-report", metavar="PATH", default=None,
+                help="write a JSON record of clause x backend x device x dtype outcomes to PATH "
+                     "and a Markdown table next to it (PATH with suffix .md); spec §8.5")
+    g.addoption("--xfails-file", metavar="PATH", default=None,
+                help="known backend deviations: per line a node-id pattern (* wildcards) and "
+                     "`# §C.N reason`; 'skip PATTERN # ...' skips instead of xfail; spec §8.5")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -101,17 +111,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    from . import report  # registered above as a plugin (imported by pytest, not here)
+
+    run = report.run_settings(config)  # as Hypothesis really uses them (derandomize wins)
     lines = [f"batchgrad-spec: python {platform.python_version()}, "
-             f"hypothesis profile {settings._current_profile!r} "
-             f"(max_examples={settings().max_examples}, derandomize={settings().derandomize}), "
-             f"seed {config.getoption('hypothesis_seed', None) or 'random'}"]
-    for spec, b in selected_backends(config):
-        versions = ", ".join(f"{k} {v}" for k, v in b.versions().items())
-        dts = [d for d in b.dtypes() if not config.getoption("dtype")
-               or d in config.getoption("dtype")]
-        lines.append(f"  backend {spec}: {versions}; devices {', '.join(b.devices())}; "
-                     f"dtypes {', '.join(dts)}; per-example {', '.join(b.per_example_methods())}"
-                     f"; precision {config.getoption('precision')}")
+             f"hypothesis profile {run['profile']!r} (max_examples={run['max_examples']}, "
+             f"derandomize={run['derandomize']}), seed {report.seed_text(run)}"]
+    for b in report.backends_environment(config):  # what the conformance report records
+        versions = ", ".join(f"{k} {v}" for k, v in b["versions"].items())
+        lines.append(f"  backend {b['spec']}: {versions}; devices {', '.join(b['devices'])}; "
+                     f"dtypes {', '.join(b['dtypes'])}; "
+                     f"per-example {', '.join(b['per_example_methods'])}; "
+                     f"precision {b['precision']}")
     return lines
 
 

@@ -61,10 +61,12 @@ SMOOTH = ("identity", "tanh", "sigmoid", "softplus", "gelu", "gelu_tanh")
 def test_reference_per_example_gradients_match_central_differences(problem, data):
     """g_i = ∇_θ ℓ_i: the hand-written backward pass against (ℓ_i(θ+h) − ℓ_i(θ−h))/2h.
 
-    Error of the difference quotient (spec §1.3): rounding ≤ (2 e_ℓ + u|ℓ|)/(2h) with e_ℓ the
-    reference's own error bound, truncation ≤ h²/6 · |∂³ℓ| where |∂³ℓ| is estimated from the
-    analytic gradient's second difference with step δ = 10⁻³ (doubled for safety). Points within
-    2h of a relu kink are not differentiable there and are skipped.
+    Error of the difference quotient (spec §1.3): rounding ≤ (e_ℓ(θ+h) + e_ℓ(θ−h) +
+    u·max|ℓ(θ±h)|)/(2h) with e_ℓ the reference's own error bound; the steps θ_j ± h are
+    themselves rounded, off by ≤ u(|θ_j| + h) each, which scales the quotient by up to
+    u(|θ_j| + h)/h; truncation ≤ h²/6 · |∂³ℓ|, with |∂³ℓ| estimated from the analytic gradient's
+    second difference at step δ = 10⁻³ (an estimate, so doubled). Points within 10⁻⁴ of a relu
+    kink are not differentiable there and are skipped.
     """
     i = data.draw(st.integers(0, problem.batch.size - 1), label="i")
     p = problem.with_batch(problem.batch.take([i]))
@@ -76,18 +78,24 @@ def test_reference_per_example_gradients_match_central_differences(problem, data
     _, g = per_example_grads(p)
     loss_of = lambda th: float(per_example_losses(p.with_params(th))[0])  # noqa: E731
     fd = finite_difference_grad(loss_of, p.params, h)
-    e_loss = float(error_bound(p, REFERENCE).losses[0])
-    loss = abs(loss_of(p.params))
+
+    def shifted(name: str, j: tuple, step: float) -> Problem:
+        th = {k: v.copy() for k, v in p.params.items()}
+        th[name][j] += step
+        return p.with_params(th)
+
     for name, value in p.params.items():
         for j in np.ndindex(value.shape):
-            plus = {k: v.copy() for k, v in p.params.items()}
-            minus = {k: v.copy() for k, v in p.params.items()}
-            plus[name][j] += delta
-            minus[name][j] -= delta
-            g_plus = per_example_grads(p.with_params(plus))[1][name][0][j]
-            g_minus = per_example_grads(p.with_params(minus))[1][name][0][j]
+            # rounding: both evaluations ℓ(θ ± h) err by their own bound e_ℓ(θ ± h), and the
+            # subtraction by u·max|ℓ(θ ± h)|; all divided by 2h.
+            ends = [shifted(name, j, s) for s in (h, -h)]
+            e_ends = sum(float(error_bound(q, REFERENCE).losses[0]) for q in ends)
+            big = max(abs(float(per_example_losses(q)[0])) for q in ends)
+            g_plus, g_minus = (per_example_grads(shifted(name, j, s))[1][name][0][j]
+                               for s in (delta, -delta))
             third = 2 * abs(g_plus - 2 * g[name][0][j] + g_minus) / delta**2
-            tol = (2 * e_loss + REFERENCE.u * loss) / (2 * h) * 2 + h * h / 6 * third
+            step = REFERENCE.u * (abs(value[j]) + h) / h * abs(fd[name][j])
+            tol = (e_ends + REFERENCE.u * big) / (2 * h) + step + h * h / 6 * third
             assert abs(fd[name][j] - g[name][0][j]) <= tol, (
                 f"§1.3 reference g_i[{name}]{j}: analytic {g[name][0][j]!r}, central difference "
                 f"{fd[name][j]!r}, |difference| {abs(fd[name][j] - g[name][0][j]):.3g} > {tol:.3g}")

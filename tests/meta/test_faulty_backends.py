@@ -67,9 +67,11 @@ def make_target(spec: str, clause: str, dtype: str, method: str | None) -> Targe
     return Target(spec, harness.load(spec), Config("cpu", dtype), clause=clause, method=method)
 
 
-def run_property(test: Callable[..., Any], target: Target, **strategies: Any) -> Outcome:
-    """Run the @given property ``test`` against ``target`` under the ``ci`` settings, with its
-    own strategies unless ``strategies`` replaces some."""
+def run_property(test: Callable[..., Any], target: Target, *, profile: settings = CI,
+                 **strategies: Any) -> Outcome:
+    """Run the @given property ``test`` against ``target`` under the ``ci`` settings (or
+    ``profile``, e.g. with shrinking), with its own strategies unless ``strategies`` replaces
+    some."""
     inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
     strategies = {**test.hypothesis._given_kwargs, **strategies}  # type: ignore[attr-defined]
     out = Outcome(None)
@@ -86,7 +88,7 @@ def run_property(test: Callable[..., Any], target: Target, **strategies: Any) ->
             out.failing.append(kwargs["problem"])
             raise
 
-    prop = given(**strategies)(CI(counted))
+    prop = given(**strategies)(profile(counted))
     key = (target.clause, target.backend.name, target.config.device, target.config.dtype,
            target.config.precision)
     saved = copy.deepcopy(harness.STATS)

@@ -1,0 +1,120 @@
+"""The gallery of caught bugs: each classic bug of ``faulty.GALLERY`` is caught by its clause.
+
+For each entry, the property test of its clause is run against the faulty backend (a small wrapper
+of a real backend, ``--backend tests.meta.faulty:<name>``) under the ``ci`` profile — derandomised,
+``max_examples`` 100 — with the machinery of ``test_faulty_backends.py``. Each case asserts that
+
+* the property fails, and every failure is a ``ClauseFailure`` of the expected clause whose message
+  names the backend and dtype and carries a repro snippet;
+* the first failure comes within the profile's ``max_examples`` (run with ``-s`` to see the count:
+  the "examples needed" column of the README table);
+* the correct ``numpy`` backend passes every example the faulty run tried: the failure is the
+  bug's, not the example's;
+* the README's "Gallery of caught bugs" table has a row for the backend naming the same clause.
+
+Shrinking is skipped to keep this module fast (about 10 s); the shrunk counterexample sizes of the
+README table come from the same runs with shrinking, ``python -m examples.gallery_sizes`` (under a
+minute), whose output the table is pasted from.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.harness import ROOT, ClauseFailure
+from tests.meta.faulty import GALLERY, PENDING, Bug
+from tests.meta.test_faulty_backends import (
+    MAX_EXAMPLES,
+    assert_correct_backend_passes,
+    leaves,
+    make_target,
+    run_property,
+)
+
+pytestmark = pytest.mark.meta
+
+GALLERY_CLAUSES = sorted({b.clause for b in GALLERY}, key=lambda c: tuple(map(int, c.split("."))))
+
+
+def property_test(bug: Bug) -> Callable[..., Any]:
+    """The @given test function named by ``bug.test`` ("tests/…py::name")."""
+    path, _, name = bug.test.partition("::")
+    return getattr(importlib.import_module(path[:-3].replace("/", ".")), name)
+
+
+def readme_gallery() -> dict[str, str]:
+    """Backend name → clause of each row of the README's "Gallery of caught bugs" table."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Gallery of caught bugs")
+    end = text.find("\n## ", start + 1)
+    rows = {}
+    for line in text[start:end if end > 0 else None].splitlines():
+        m = re.match(r"^\|[^|]*\|\s*`(\w+)`\s*\|\s*§(\d+\.\d+)\b", line)
+        if m:
+            rows[m.group(1)] = m.group(2)
+    return rows
+
+
+def describe(problem: Any) -> str:
+    """A problem's size as the README states it: N, the Dense widths, activations, loss."""
+    net = problem.network
+    widths = [d.in_features for _, d in net.dense_layers()] + [net.out_features]
+    acts = [layer.name for layer in net.layers if not hasattr(layer, "in_features")]
+    extra = [", ".join(acts)] if acts else []
+    extra += ["cross-entropy"] if problem.loss.name == "softmax_cross_entropy" else []
+    return (f"N={problem.batch.size}, {'→'.join(map(str, widths))}"
+            + (f" ({'; '.join(extra)})" if extra else ""))
+
+
+def catch(bug: Bug, **kwargs: Any) -> tuple[Any, list[ClauseFailure]]:
+    """Run ``bug``'s property against its backend; assert the failures are the expected clause's."""
+    __tracebackhide__ = True
+    if bug.needs:
+        pytest.importorskip(bug.needs)
+    test = property_test(bug)
+    target = make_target(f"tests.meta.faulty:{bug.backend}", bug.clause, bug.dtype, bug.method)
+    out = run_property(test, target, **kwargs)
+    assert out.error is not None, (
+        f"{bug.backend} passed §{bug.clause} on {bug.dtype} ({out.calls} examples)")
+    failures = leaves(out.error)
+    for f in failures:
+        if not isinstance(f, ClauseFailure):
+            raise AssertionError(f"{bug.backend}: not a ClauseFailure: {f!r}") from f
+        assert f.clause == bug.clause, f"{bug.backend}: failed §{f.clause}, expected §{bug.clause}"
+        text = str(f)
+        assert text.startswith(f"§{bug.clause} "), text
+        assert f"backend={bug.backend} " in text and f"dtype={bug.dtype}" in text, text
+        assert any(n.startswith(f"# Reproduce §{bug.clause} ") for n in f.__notes__), f.__notes__
+    assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
+    return out, failures  # type: ignore[return-value]
+
+
+@pytest.mark.clause(*GALLERY_CLAUSES)
+@pytest.mark.parametrize("bug", GALLERY, ids=[b.backend for b in GALLERY])
+def test_every_gallery_bug_is_caught_by_its_clause(bug):
+    out, failures = catch(bug)
+    print(f"\n{bug.backend:<29} {bug.dtype:<8} caught by §{bug.clause:<4} at example "
+          f"{out.first_failure:>3} of <= {MAX_EXAMPLES}: {describe(out.failing[0])}", end="")
+    target = make_target(f"tests.meta.faulty:{bug.backend}", bug.clause, bug.dtype, bug.method)
+    assert_correct_backend_passes(property_test(bug), target,
+                                  out.tried + out.failing[-len(failures):])
+    listed = readme_gallery()
+    assert listed.get(bug.backend) == bug.clause, (
+        f"README 'Gallery of caught bugs' should list `{bug.backend}` as caught by §{bug.clause} "
+        f"(regenerate the table with `python -m examples.gallery_sizes`); it lists "
+        f"{listed.get(bug.backend)}")
+
+
+@pytest.mark.clause(*GALLERY_CLAUSES)
+def test_the_gallery_has_twelve_bugs_and_the_readme_lists_exactly_them():
+    assert len(GALLERY) >= 12
+    assert len({b.backend for b in GALLERY}) == len(GALLERY)
+    assert set(readme_gallery()) == {b.backend for b in GALLERY}
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for bug, _ in PENDING:
+        assert bug in text, f"README gallery should list the pending bug {bug!r}"
