@@ -7,6 +7,9 @@ computes with its framework's own autodiff:
     loss_and_grad(problem, config)        -> (L, {name: ∇_θ L})       autodiff of the reduced loss
     per_example(problem, config, method)  -> (ℓ (N,), {name: g (N, *shape)})   g_i = ∇_θ ℓ_i
 
+    train(problem, config, optimizer, batches) -> {name: θ}   OPTIONAL: one step of the
+                                          framework's optimiser per batch (spec chapter 6)
+
 ``per_example`` returns g_i itself, not g_i/N (spec §1.4). ``method`` is one of the backend's
 ``per_example_methods()``, at least "vmap" (vectorised) and "loop" (one example at a time).
 
@@ -244,4 +247,62 @@ def checked_per_example(backend: Backend, problem: Problem, config: Config,
                 _check_grads(backend, call, config, grads, problem.network.param_shapes(), (n,)))
     except BackendError as exc:
         exc.call = "per_example"
+        raise
+
+
+# -- the optional update step (spec chapter 6) ----------------------------------------------------
+OPTIONAL = ("train",)
+"""Optional contract methods: a backend without one skips the clauses that need it."""
+
+
+def implements(backend: Backend, method: str) -> bool:
+    """Whether ``backend`` implements the optional contract method ``method`` (e.g. "train")."""
+    return callable(getattr(backend, method, None))
+
+
+def checked_train(backend: Backend, problem: Problem, config: Config, optimizer: Any,
+                  batches: Sequence[Batch]) -> Grads:
+    """``backend.train`` (optional, spec §6.1) with its answer validated like the others.
+
+    ``train(problem, config, optimizer, batches)`` starts at ``problem.params``, takes one step of
+    the framework's own optimiser (``optimizer``, a ``reference.update.Optimizer``) per batch,
+    each batch reduced with ``problem.reduction`` and ``problem.loss``, and returns the final
+    parameters {name: array of the parameter's shape}: exactly the problem's names, every value
+    finite, the problem and the batches unchanged (they are private copies).
+    """
+    call = "train"
+    if not implements(backend, call):
+        exc = BackendError(f"backend {backend.name!r} does not implement the optional train()")
+        exc.call = call
+        raise exc
+    try:
+        given = _private_copy(problem)
+        copies = [Batch(b.inputs.copy(), b.targets.copy(),
+                        None if b.weights is None else b.weights.copy()) for b in batches]
+        try:
+            params = backend.train(given, config, optimizer, copies)  # type: ignore[attr-defined]
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"{_where(backend, call, config)} raised {type(exc).__name__}: "
+                               f"{exc}") from exc
+        _check_unmodified(backend, call, config, problem, given)
+        for i, (b, c) in enumerate(zip(batches, copies, strict=True)):
+            for a in ("inputs", "targets", "weights"):
+                before, after = getattr(b, a), getattr(c, a)
+                if not (before is after is None or (before is not None and after is not None
+                                                    and np.array_equal(before, after))):
+                    raise BackendError(f"{_where(backend, call, config)} modified "
+                                       f"batches[{i}].{a} in place; batches are read-only")
+        shapes = problem.network.param_shapes()
+        if not isinstance(params, Mapping):
+            raise BackendError(f"{_where(backend, call, config)} returned parameters as "
+                               f"{type(params).__name__}, expected a mapping name -> array")
+        if set(params) != set(shapes):
+            raise BackendError(f"{_where(backend, call, config)} returned parameters "
+                               f"{sorted(params)}, expected exactly {sorted(shapes)}")
+        return {k: _as_array(backend, call, config, f"parameter {k!r}", params[k], shapes[k])
+                for k in shapes}
+    except BackendError as exc:
+        exc.call = call
         raise

@@ -48,7 +48,7 @@ class Trace:
 
 
 def _param(problem: Problem, name: str, dtype: DType) -> np.ndarray:
-    return problem.params[name].astype(dtype)
+    return problem.params[name].astype(dtype, copy=False)  # read only: no copy in float64
 
 
 def forward(problem: Problem, dtype: DType = np.float64) -> Trace:
@@ -91,14 +91,16 @@ def _backward(
     """Propagate the output cotangent ``seed`` (N, D) back through the network."""
     grads: Grads = {}
     g = seed
-    for k in range(len(problem.network.layers) - 1, -1, -1):
+    first = problem.network.dense_layers()[0][0]  # below it, no parameter needs a cotangent
+    for k in range(len(problem.network.layers) - 1, first - 1, -1):
         layer, a = problem.network.layers[k], trace.inputs[k]
         if isinstance(layer, Dense):
             w_bar, b_bar = param_rule(g, a)
             grads[f"{k}.weight"] = w_bar
             if layer.bias:
                 grads[f"{k}.bias"] = b_bar
-            g = vjp_dense_input(g, _param(problem, f"{k}.weight", g.dtype))
+            if k > first:
+                g = vjp_dense_input(g, _param(problem, f"{k}.weight", g.dtype))
         else:
             assert isinstance(layer, Activation)
             g = g * ACTIVATIONS[layer.name][1](a, trace.outputs[k])

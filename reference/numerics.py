@@ -30,14 +30,15 @@ reference's own float64 bound (spec §7.2).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .grads import Grads, per_example_grads
+from .grads import Grads, batch_grad, per_example_grads
 from .ops import ACTIVATIONS, GELU_TANH_C, GELU_TANH_K, INV_SQRT_2PI, SQRT_HALF, erfc
-from .problem import Activation, Dense, Problem
+from .problem import Activation, Batch, Dense, Problem
+from .update import Optimizer
 
 ELEMENTARY_ULPS = 4
 """Accuracy assumed of exp, log, log1p, tanh, erf: the largest documented error among the math
@@ -52,6 +53,14 @@ class Precision:
     name: str
     u: float
     tiny: float
+    operand_u: float = 0.0
+    """Unit roundoff of a shorter format both operands of every matrix product are rounded to
+    before exact products are accumulated at ``u`` (TF32: 2⁻¹¹; spec §7.4). 0: not rounded."""
+
+    @property
+    def product_rel(self) -> float:
+        """Relative error of one product of two rounded operands: (1 + δ₁)(1 + δ₂) − 1."""
+        return 2.0 * self.operand_u + self.operand_u**2
 
 
 PRECISIONS: dict[tuple[str, str], Precision] = {
@@ -60,6 +69,33 @@ PRECISIONS: dict[tuple[str, str], Precision] = {
 }
 """(dtype, precision mode) → unit roundoff. ``strict`` is IEEE arithmetic in that dtype
 (PyTorch TF32 off, JAX matmul precision "highest")."""
+
+TF32_U = 2.0**-11
+"""TF32: float32's 8-bit exponent, 10 explicit mantissa bits (11 significant): u = 2⁻¹¹."""
+BF16_U = 2.0**-8
+"""bfloat16: float32's 8-bit exponent, 7 explicit mantissa bits (8 significant): u = 2⁻⁸."""
+
+PRECISIONS.update({
+    # Matrix products round both operands to TF32 (products of 11-bit significands are exact in
+    # float32) and accumulate in float32: (2·2⁻¹¹ + 2⁻²² + γ_n(2⁻²⁴)) Σ|w||a| (spec §7.4).
+    # Everything else is IEEE float32. PyTorch allow_tf32 = True; JAX default matmul precision.
+    ("float32", "tf32"): Precision("float32/tf32", 2.0**-24, float(np.finfo(np.float32).tiny),
+                                   operand_u=TF32_U),
+    # TF32 applies to float32 products only: a float64 run in tf32 mode is strict float64.
+    ("float64", "tf32"): Precision("float64", 2.0**-53, float(np.finfo(np.float64).tiny)),
+    # bfloat16 autocast (float32 parameters): matmul operands cast to bfloat16 and results
+    # rounded to bfloat16, activations evaluated on bfloat16 tensors, losses and reductions
+    # autocast to float32 — modelled conservatively as every operation at u = 2⁻⁸ (sums and
+    # products accumulating at γ_n(2⁻⁸) ≥ float32 accumulation), operands rounded at 2⁻⁸, with
+    # float32's range (spec §7.4). First order: n·u ≤ 1/16 here, so dropped second-order terms
+    # are below 1/16 of the bound.
+    ("float32", "bf16_autocast"): Precision("float32/bf16_autocast", BF16_U,
+                                            float(np.finfo(np.float32).tiny), operand_u=BF16_U),
+    ("float64", "bf16_autocast"): Precision("float64", 2.0**-53, float(np.finfo(np.float64).tiny)),
+})
+
+MODES = ("strict", "tf32", "bf16_autocast")
+"""Precision modes the suite can certify results for (``--precision``, spec §7.4)."""
 
 REFERENCE = PRECISIONS[("float64", "strict")]
 
@@ -103,6 +139,7 @@ class Rounding:
     def __init__(self, p: Precision) -> None:
         self.u, self.tiny = p.u, p.tiny
         self.fn_rel = 2 * ELEMENTARY_ULPS * p.u
+        self.op_rel = p.product_rel  # 0 in strict modes (spec §7.4)
 
     def exact(self, v: np.ndarray | float) -> R:
         v = np.asarray(v, dtype=np.float64)
@@ -168,7 +205,17 @@ class Rounding:
         aw = np.abs(w)
         shadow = np.abs(x.v) @ aw.T
         products = (self.maybe_nonzero(x).astype(float) @ (aw > 0).T.astype(float))
-        return R(x.v @ w.T, x.e @ aw.T + gamma(n, self.u) * shadow + self.tiny * products)
+        return R(x.v @ w.T, x.e @ aw.T + (gamma(n, self.u) + self.op_rel) * shadow
+                 + self.tiny * products)
+
+    def sqrt(self, x: R) -> R:
+        """√x for x ≥ 0: correctly rounded (relative u), plus the propagated error
+        |√x̂ − √x| = |x̂ − x|/(√x̂ + √x) ≤ min(e/(√x + √max(x − e, 0)), √e)  (≈ e/(2√x))."""
+        v = np.sqrt(x.v)
+        lower = np.sqrt(np.maximum(x.v - x.e, 0.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            prop = np.where(x.e > 0, x.e / (v + lower), 0.0)
+        return R(v, np.minimum(prop, np.sqrt(x.e)) + self.u * v)
 
 
 # -- activations: value and slope evaluated by the frameworks' formulas --------------------------
@@ -298,8 +345,13 @@ def _coefficient_rel_error(problem: Problem, u: float) -> np.ndarray:
     return np.zeros(n)
 
 
-def error_bound(problem: Problem, p: Precision) -> Bound:
-    """First-order bound on the error of a backend computing ``problem`` at precision p."""
+def error_bound(problem: Problem, p: Precision,
+                reference: tuple[np.ndarray, Grads] | None = None) -> Bound:
+    """First-order bound on the error of a backend computing ``problem`` at precision p.
+
+    ``reference`` is ``per_example_grads(problem)`` when the caller has it already (it does not
+    depend on p: ``tolerance`` computes it once for the two bounds it adds).
+    """
     r = Rounding(p)
     a = r.exact(problem.batch.inputs)
     inputs: list[R] = []
@@ -316,7 +368,7 @@ def error_bound(problem: Problem, p: Precision) -> Bound:
             a, slopes[k] = activation(layer.name, a, r)
     losses, cot = _loss_and_cotangent(problem, a, r)
     names = problem.network.param_shapes()
-    values, grads = per_example_grads(problem)
+    values, grads = per_example_grads(problem) if reference is None else reference
     n = problem.batch.size
     kappa = problem.coefficients
     eps = _coefficient_rel_error(problem, p.u)
@@ -352,7 +404,9 @@ def _backward_bound(problem: Problem, inputs: list[R], slopes: dict[int, R], g: 
     """Error bounds of z̄_i a_iᵀ and z̄_i for every Dense layer, from the output cotangent g."""
     out: Grads = {}
     u, tiny = r.u, r.tiny
-    for k in range(len(problem.network.layers) - 1, -1, -1):
+    op = r.op_rel  # operands of matrix products rounded (spec §7.4); 0 in strict modes
+    first = problem.network.dense_layers()[0][0]  # below it, no parameter needs a cotangent
+    for k in range(len(problem.network.layers) - 1, first - 1, -1):
         layer, x = problem.network.layers[k], inputs[k]
         if isinstance(layer, Dense):
             w = np.abs(problem.params[f"{k}.weight"])
@@ -361,12 +415,14 @@ def _backward_bound(problem: Problem, inputs: list[R], slopes: dict[int, R], g: 
             out[f"{k}.weight"] = (np.einsum("no,ni->noi", g.e, xv)
                                   + np.einsum("no,ni->noi", gv, x.e)
                                   + np.einsum("no,ni->noi", g.e, x.e)  # see Rounding.mul
-                                  + u * np.einsum("no,ni->noi", gv, xv) + tiny * maybe)
-            if layer.bias:
-                out[f"{k}.bias"] = g.e
+                                  + (u + op) * np.einsum("no,ni->noi", gv, xv) + tiny * maybe)
+            if layer.bias:  # a bias gradient may be a product with ones: only z̄ is rounded
+                out[f"{k}.bias"] = g.e + 0.5 * op * gv
+            if k == first:
+                break
             products = r.maybe_nonzero(g).astype(float) @ (w > 0)
             g = R(g.v @ problem.params[f"{k}.weight"],
-                  g.e @ w + gamma(w.shape[0], u) * (gv @ w) + tiny * products)
+                  g.e @ w + (gamma(w.shape[0], u) + op) * (gv @ w) + tiny * products)
         else:
             g = r.mul(g, slopes[k])
     return {k: out[k] for k in problem.network.param_shapes()}
@@ -385,8 +441,9 @@ def tolerance(problem: Problem, dtype: str, mode: str = "strict", *, override: O
     gradients against the batch gradient (spec §2.13). ``override`` replaces the bound: one
     number for every quantity, or a dict {"loss", "grad"} of absolute tolerances.
     """
-    b = error_bound(problem, precision(dtype, mode))
-    other = b if twice else error_bound(problem, REFERENCE)
+    reference = per_example_grads(problem)  # the same for both bounds
+    b = error_bound(problem, precision(dtype, mode), reference)
+    other = b if twice else error_bound(problem, REFERENCE, reference)
     total = b + other
     if override is None:
         return total
@@ -398,3 +455,123 @@ def tolerance(problem: Problem, dtype: str, mode: str = "strict", *, override: O
         lt,
         {k: np.full_like(v, gt) for k, v in total.batch_grads.items()},
     )
+
+
+# -- the update step (spec chapter 6) --------------------------------------------------------------
+@dataclass
+class UpdateState:
+    """Optimiser state as the bound carries it: value (the float64 reference) and error bound."""
+
+    t: int = 0
+    buf: dict[str, R] = field(default_factory=dict)
+    m: dict[str, R] = field(default_factory=dict)
+    v: dict[str, R] = field(default_factory=dict)
+
+
+def _lincomb(r: Rounding, c1: float, x: R, c2: float, y: R) -> R:
+    """c₁x + c₂y with constants rounded once: |c₁|e_x + |c₂|e_y + 3u(|c₁x| + |c₂y|) + u|result|
+    (+ tiny per product). 3u covers both ways frameworks write a moving average: the affine form
+    (c₁, c₂ rounded, two products, one sum: 2u) and ``lerp`` x + w(y − x) (or its mirror for
+    w ≥ ½), whose rounding is ≤ 3u·min(w, 1 − w)|y − x| ≤ 3u(|c₁x| + |c₂y|)."""
+    a, b = np.abs(c1 * x.v), np.abs(c2 * y.v)
+    v = c1 * x.v + c2 * y.v
+    under = r.tiny * ((r.maybe_nonzero(x) & (c1 != 0)).astype(float)
+                      + (r.maybe_nonzero(y) & (c2 != 0)).astype(float))
+    return R(v, abs(c1) * x.e + abs(c2) * y.e + 3 * r.u * (a + b) + r.u * np.abs(v) + under)
+
+
+def _div_by_positive(r: Rounding, x: R, y: R, floor: float) -> R:
+    """x / y where the computed y is known to be ≥ ``floor`` > 0 (√v̂ + ε ≥ ε): rigorously
+    |x̂/ŷ − x/y| ≤ (e_x y + |x| e_y) / (y · max(y − e_y, floor)), plus the division's rounding."""
+    v = x.v / y.v
+    low = np.maximum(y.v - y.e, floor)
+    return R(v, (x.e * y.v + np.abs(x.v) * y.e) / (y.v * low) + r.u * np.abs(v)
+             + r.tiny * r.maybe_nonzero(x))
+
+
+def _worse(a: R, b: R) -> R:
+    """Two evaluation orders of the same value: keep the larger error bound."""
+    return R(a.v, np.maximum(a.e, b.e))
+
+
+def update_step_bound(opt: Optimizer, theta: Mapping[str, np.ndarray], grads: Mapping[str, R],
+                      state: UpdateState, p: Precision) -> tuple[dict[str, R], UpdateState]:
+    """One optimiser step in R arithmetic: θ' (value and error bound) from exact θ and gradients
+    ``grads`` (value, error bound), at precision p (spec §6.1; rules of ``reference.update``).
+
+    Where frameworks order the arithmetic differently — PyTorch's Adam divides √v by √(1 − β₂ᵗ)
+    and scales m/(·) by η/(1 − β₁ᵗ), optax divides m and v by their bias corrections first; AdamW
+    multiplies θ by (1 − ηλ) in PyTorch, adds λθ to the update before scaling by −η in optax —
+    both orders are bounded and the larger bound is kept. Scalars are computed in float64 and
+    rounded once (``Rounding.const``)."""
+    r = Rounding(p)
+    t = state.t + 1
+    new = UpdateState(t)
+    out: dict[str, R] = {}
+    for k in theta:
+        th = r.exact(theta[k])
+        g = grads[k]
+        raw = g
+        if opt.l2:
+            g = r.add(g, r.mul(r.const(opt.l2), th))
+        if opt.name == "sgd":
+            if opt.momentum:
+                g = g if t == 1 else r.add(r.mul(r.const(opt.momentum), state.buf[k]), g)
+                new.buf[k] = g
+            out[k] = r.sub(th, r.mul(r.const(opt.lr), g))
+            if opt.l2 and (not opt.momentum or t == 1):
+                # the same value written with decoupled decay, θ(1 − ηλ) − ηg (spec §6.5)
+                out[k] = _worse(out[k], r.sub(r.mul(th, r.const(1.0 - opt.lr * opt.l2)),
+                                              r.mul(r.const(opt.lr), raw)))
+            continue
+        b1, b2 = opt.betas
+        zero = r.exact(np.zeros_like(theta[k]))
+        m = _lincomb(r, b1, state.m.get(k, zero), 1.0 - b1, g)
+        v = _lincomb(r, b2, state.v.get(k, zero), 1.0 - b2, r.mul(g, g))
+        new.m[k], new.v[k] = m, v
+        bc1, bc2 = opt.bias_corrections(t)
+        eps = r.const(opt.eps)
+        floor = opt.eps * (1.0 - 3.0 * p.u)
+        # PyTorch (and reference.update): θ(1 − ηλ) − (η/bc₁) · m / (√v / √bc₂ + ε)
+        denom = r.add(r.div(r.sqrt(v), r.const(math.sqrt(bc2))), eps)
+        decayed = th if opt.name != "adamw" else r.mul(th, r.const(1.0 - opt.lr * opt.weight_decay))
+        torch_order = r.sub(decayed, r.mul(r.const(opt.lr / bc1), _div_by_positive(r, m, denom,
+                                                                                    floor)))
+        # optax: θ + (−η)·(m̂ / (√v̂ + ε) [+ λθ]),  m̂ = m / bc₁, v̂ = v / bc₂
+        q = _div_by_positive(r, r.div(m, r.const(bc1)),
+                             r.add(r.sqrt(r.div(v, r.const(bc2))), eps), floor)
+        if opt.name == "adamw":
+            q = r.add(q, r.mul(r.const(opt.weight_decay), th))
+        optax_order = r.sub(th, r.mul(r.const(opt.lr), q))
+        out[k] = _worse(torch_order, optax_order)
+    return out, new
+
+
+def update_tolerance(problem: Problem, opt: Optimizer, batches: Sequence[Batch],
+                     iterates: Sequence[Mapping[str, np.ndarray]], dtype: str,
+                     mode: str = "strict") -> list[dict[str, np.ndarray]]:
+    """Tolerances for a backend's parameters after each step, checked along its own trajectory.
+
+    ``iterates[k]`` are the parameters the backend reported before step k (``problem.params``
+    for k = 0, exact in ``dtype``); entry k bounds |θ̂_{k+1} − θ_{k+1}| where θ_{k+1} is the
+    reference's step from ``iterates[k]`` (``reference.update.shadow``). The gradient of batch k
+    at ``iterates[k]`` carries the chapter-7 bound of the backend's dtype and of the float64
+    reference; both are propagated through the update, and through the optimiser state from
+    step to step, at the backend's and at the reference's unit roundoff, and added (spec §7.2,
+    §6.1). ``problem`` and the batches must already be rounded to ``dtype``.
+    """
+    states = {"backend": UpdateState(), "reference": UpdateState()}
+    precisions = {"backend": precision(dtype, mode), "reference": REFERENCE}
+    out = []
+    for batch, theta in zip(batches, iterates, strict=True):
+        at = problem.with_params(theta).with_batch(batch)
+        _, value = batch_grad(at)
+        total: dict[str, np.ndarray] = {}
+        for who, p in precisions.items():
+            bound = error_bound(at, p).batch_grads
+            grads = {k: R(value[k], bound[k]) for k in value}
+            new, states[who] = update_step_bound(opt, at.params, grads, states[who], p)
+            for k, x in new.items():
+                total[k] = total.get(k, 0.0) + x.e
+        out.append(total)
+    return out

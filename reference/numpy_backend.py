@@ -13,7 +13,8 @@ import numpy as np
 
 from .contract import Config, Grads
 from .grads import batch_grad, per_example_grads
-from .problem import Problem
+from .problem import Batch, Problem
+from .update import Optimizer, train
 
 
 class NumpyBackend:
@@ -46,6 +47,11 @@ class NumpyBackend:
                 for i in range(problem.batch.size)]
         losses = np.concatenate([r[0] for r in rows])
         return losses, {k: np.concatenate([r[1][k] for r in rows]) for k in rows[0][1]}
+
+    def train(self, problem: Problem, config: Config, optimizer: Optimizer,
+              batches: Sequence[Batch]) -> Grads:
+        """The optional update step (spec chapter 6): ``reference.update.train`` in the dtype."""
+        return train(problem, optimizer, batches, np.dtype(config.dtype))
 
 
 backend = NumpyBackend()

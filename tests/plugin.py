@@ -5,7 +5,8 @@ Options::
     --backend NAME | module:attribute   repeatable; default: every built-in whose framework imports
     --device DEV                        repeatable; default: every device the backend reports
     --dtype float32|float64             repeatable; default: every dtype the backend supports
-    --precision strict                  precision mode the results are certified for (spec §7.2)
+    --precision strict|tf32|bf16_autocast  precision mode the results are certified for (spec
+                                        §7.2, §7.4); tf32: float32 matmuls may use TF32
     --hypothesis-profile dev|ci|thorough  Hypothesis's option; default dev (ci when CI is set)
     --conformance-report PATH           write a JSON record and a Markdown table (tests/report.py)
     --xfails-file PATH                  known deviations: `PATTERN  # §C.N reason` per line
@@ -49,8 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="device(s) to run on (default: all the backend reports)")
     g.addoption("--dtype", action="append", default=[], choices=list(DTYPES),
                 help="dtype(s) to check (default: all the backend supports)")
-    g.addoption("--precision", default="strict", choices=["strict"],
-                help="precision mode results are certified for (spec §7.2)")
+    g.addoption("--precision", default="strict", choices=["strict", "tf32", "bf16_autocast"],
+                help="precision mode results are certified for (spec §7.2, §7.4): strict IEEE, "
+                     "tf32 (float32 matrix products with TF32 operands) or bf16_autocast "
+                     "(bfloat16 autocast), with the tolerances of reference.numerics.PRECISIONS")
     g.addoption("--conformance-report", metavar="PATH", default=None,
                 help="write a JSON record of clause x backend x device x dtype outcomes to PATH "
                      "and a Markdown table next to it (PATH with suffix .md); spec §8.5")

@@ -72,7 +72,7 @@ import numpy as np
 import optax
 
 from reference.contract import Config, Grads
-from reference.problem import ACTIVATION_NAMES, Dense, Network, Problem
+from reference.problem import ACTIVATION_NAMES, Batch, Dense, Network, Problem
 
 jax.config.update("jax_enable_x64", True)
 
@@ -444,6 +444,29 @@ class JaxBackend:
         return np.asarray(losses), {k: np.asarray(v) for k, v in grads.items()}
 
 
+    # -- the optional update step (spec chapter 6) ------------------------------------------------
+    def train(self, problem: Problem, config: Config, optimizer: Any,
+              batches: Sequence[Batch]) -> Grads:
+        """One optax update per batch from ``problem.params``; the final parameters.
+
+        Each step takes ∇L of the batch from ``loss_and_grad`` (the jitted ``jax.value_and_grad``
+        programs above, at the current parameters) and applies the optax transformation of
+        ``optax_optimizer`` eagerly — ``tx.update`` then ``optax.apply_updates``, in the dtype,
+        un-jitted, so no program is compiled per optimiser or network.
+        """
+        dtype, device = _check(config)
+        tx = optax_optimizer(optimizer)
+        params = jax.device_put({k: v.astype(dtype) for k, v in problem.params.items()}, device)
+        state = tx.init(params)
+        for batch in batches:
+            now = {k: np.asarray(v, np.float64) for k, v in jax.device_get(params).items()}
+            _, grads = self.loss_and_grad(problem.with_params(now).with_batch(batch), config)
+            grads = jax.device_put({k: np.asarray(g, dtype) for k, g in grads.items()}, device)
+            updates, state = tx.update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+        return {k: np.asarray(v) for k, v in jax.device_get(params).items()}
+
+
 def _stack(rows: list[Any]) -> Any:
     """Per-example results (device arrays) → one pytree with a leading example axis (numpy)."""
     rows = jax.device_get(rows)
@@ -458,6 +481,23 @@ def _plain_inputs(problem: Problem, dtype: np.dtype, device: jax.Device) -> tupl
     return jax.device_put((params, b.inputs.astype(dtype), y, w), device)
 
 
+def optax_optimizer(opt: Any) -> optax.GradientTransformation:
+    """The optax transformation realising a ``reference.update.Optimizer`` (spec §6.1): "sgd" →
+    ``optax.sgd`` (momentum as ``trace``, nesterov False), "adam" → ``optax.adam``, "adamw" →
+    ``optax.adamw``; L2 weight decay of sgd and adam as ``optax.add_decayed_weights`` chained
+    before the optimiser (g + λθ)."""
+    if opt.name == "sgd":
+        tx = optax.sgd(opt.lr, momentum=opt.momentum or None, nesterov=False)
+    elif opt.name == "adam":
+        tx = optax.adam(opt.lr, b1=opt.betas[0], b2=opt.betas[1], eps=opt.eps, eps_root=0.0)
+    else:
+        return optax.adamw(opt.lr, b1=opt.betas[0], b2=opt.betas[1], eps=opt.eps, eps_root=0.0,
+                           weight_decay=opt.weight_decay)
+    if opt.weight_decay:
+        return optax.chain(optax.add_decayed_weights(opt.weight_decay), tx)
+    return tx
+
+
 @functools.cache
 def _gpu() -> jax.Device | None:
     try:
@@ -467,8 +507,9 @@ def _gpu() -> jax.Device | None:
 
 
 def _check(config: Config) -> tuple[np.dtype, jax.Device]:
-    if config.precision != "strict":
-        raise ValueError(f"precision {config.precision!r}: the jax backend supports 'strict' only")
+    if config.precision not in ("strict", "tf32"):  # tf32 (spec §7.4): computed at HIGHEST still
+        raise ValueError(f"precision {config.precision!r}: the jax backend supports 'strict' and "
+                         f"'tf32' (computed at matmul precision HIGHEST, within either tolerance)")
     if config.device == "cpu":
         device = jax.devices("cpu")[0]
     elif config.device in ("gpu", "cuda"):

@@ -13,12 +13,21 @@ Arguments chosen to realise the reference's definitions (spec §1.5, §7.2):
   ``torch.backends.cudnn.allow_tf32 = False`` while computing.
 
 Devices: "cpu", plus "cuda" when ``torch.cuda.is_available()`` (which does not initialise CUDA).
+
+Threads: importing this module sets ``torch.set_num_threads(1)`` (process-wide) unless
+``BATCHGRAD_TORCH_THREADS`` says otherwise (a number; 0 keeps torch's default). The suite's
+problems are tiny, so a CPU thread pool costs more than it saves, and on a busy machine waking
+it costs milliseconds per op: one thread ran ``tests/test_ch2_core.py`` in 44 s instead of
+74-81 s with torch's default of 2 (2 cores, load 2.8; see benchmarks/README.md). The thread
+count only changes how sums are grouped, which the error bound allows (spec §7.1).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference.contract import Config, Grads
-from reference.problem import Dense, Problem
+from reference.problem import Batch, Dense, Problem
 
 SOFTPLUS_THRESHOLD = {"float32": 20.0, "float64": 40.0}
+
+_THREADS = int(os.environ.get("BATCHGRAD_TORCH_THREADS", "1") or 0)
+if _THREADS > 0:
+    torch.set_num_threads(_THREADS)
 
 
 class _Softplus(nn.Module):
@@ -97,13 +110,20 @@ def reduced_loss(problem: Problem, out: torch.Tensor, y: torch.Tensor,
 
 @contextlib.contextmanager
 def _strict(config: Config) -> Iterator[None]:
-    if config.precision != "strict":
+    """TF32 off (strict) or on (precision "tf32", spec §7.4: no effect on the CPU, where PyTorch
+    has no TF32 kernels; on Ampere and later GPUs float32 matmuls then round operands to TF32);
+    "bf16_autocast": ``torch.autocast(dtype=torch.bfloat16)`` around the computation (float32
+    only; float64 is never autocast)."""
+    if config.precision not in ("strict", "tf32", "bf16_autocast"):
         raise ValueError(f"torch backend: precision {config.precision!r} not supported")
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = config.precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
+    autocast = torch.autocast("cuda" if config.device == "cuda" else "cpu", dtype=torch.bfloat16,
+                              enabled=config.precision == "bf16_autocast")
     try:
-        yield
+        with autocast:
+            yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
@@ -186,6 +206,38 @@ class TorchBackend:
             losses.append(float(loss.detach()))
             rows.append({n: _numpy(p.grad) for n, p in model.named_parameters()})
         return np.array(losses), {n: np.stack([r[n] for r in rows]) for n in rows[0]}
+
+    # -- the optional update step (spec chapter 6) ------------------------------------------------
+    def train(self, problem: Problem, config: Config, optimizer: Any,
+              batches: Sequence[Batch]) -> Grads:
+        """One ``torch.optim`` step per batch from ``problem.params``; the final parameters.
+
+        ``optimizer`` is a ``reference.update.Optimizer``: "sgd" → ``torch.optim.SGD`` (dampening
+        0, nesterov False, ``weight_decay`` = L2), "adam" → ``torch.optim.Adam`` (L2),
+        "adamw" → ``torch.optim.AdamW`` (decoupled). Each step: ``zero_grad``, the batch's
+        reduced loss (``reduced_loss``, the problem's reduction), ``backward()``, ``step()``.
+        """
+        model = build_model(problem, config)
+        opt = torch_optimizer(model.parameters(), optimizer)
+        for batch in batches:
+            x, y, c = _tensors(problem.with_batch(batch), config)
+            opt.zero_grad(set_to_none=True)
+            # one precision region (TF32 flags, autocast) per forward/backward, the step outside:
+            # autocast caches its bfloat16 copies of the weights until its region ends, so a loop
+            # inside one region would run every forward with the first step's weights (§7.4)
+            with _strict(config):
+                reduced_loss(problem, model(x), y, c).backward()
+            opt.step()
+        return {n: _numpy(p) for n, p in model.named_parameters()}
+
+
+def torch_optimizer(params: Any, opt: Any) -> torch.optim.Optimizer:
+    """The ``torch.optim`` object realising a ``reference.update.Optimizer`` (spec §6.1)."""
+    if opt.name == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, dampening=0.0,
+                               weight_decay=opt.weight_decay, nesterov=False)
+    cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
 
 
 backend = TorchBackend()

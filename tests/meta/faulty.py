@@ -21,7 +21,7 @@ each in the gallery:
 * ``dropped_example``         an off-by-one loop leaves the last example out of L and ∇L (§2.2)
 * ``micro_batch_means``       the mean of micro-batch means, micro-batches of 2 (§2.1)
 * ``uneven_shard_means``      two shards of unequal size, their means averaged equally (§2.1)
-* ``mse_summed_over_outputs`` squared error under ``mean`` divided by N, not N·D (§1.2)
+* ``mse_summed_over_outputs`` squared error under ``mean`` divided by N, not N·D (§2.1)
 * ``torch_mse_sum_over_elements``  PyTorch ``mse_loss(reduction="sum")`` taken as Σ ℓ_i: D × it
   (§2.2; needs torch)
 * ``squared_error_vjp_without_2``  a hand-written squared-error VJP (f − y)/D, missing the 2 (§2.12)
@@ -580,8 +580,8 @@ GALLERY: tuple[Bug, ...] = (
         PER_EXAMPLE, method="vmap"),
     Bug("squared-error VJP missing the factor 2", "squared_error_vjp_without_2", "2.12",
         PER_EXAMPLE, method="vmap"),
-    Bug("MSE `mean` divided by N instead of N·D", "mse_summed_over_outputs", "1.2",
-        CH1 + "test_batch_loss_is_the_reduction_of_the_per_example_losses"),
+    Bug("MSE `mean` divided by N instead of N·D", "mse_summed_over_outputs", "2.1",
+        MEAN),
     Bug("PyTorch `mse_loss(reduction=\"sum\")` taken as Σ ℓ_i (D × too large)",
         "torch_mse_sum_over_elements", "2.2", SUM, needs="torch"),
     Bug("relu'(0) = 1", "relu_slope_one_at_zero", "1.5",

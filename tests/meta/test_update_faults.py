@@ -1,0 +1,73 @@
+"""Chapter 6 catches wrong update steps, each by its clause (faulty backends of
+``tests/meta/faulty_update.py``), with the machinery of ``test_faulty_backends.py``: the property
+is run under the ``ci`` profile (derandomised, at most 100 examples) and must fail with a
+``ClauseFailure`` of the expected clause, while the correct ``numpy`` backend passes the same
+property under the same profile — the same examples, which do not depend on the backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from tests import test_ch6_update
+from tests.harness import ClauseFailure
+from tests.meta.test_faulty_backends import (
+    MAX_EXAMPLES,
+    leaves,
+    make_target,
+    run_property,
+)
+
+pytestmark = pytest.mark.meta
+
+T6_1 = test_ch6_update.test_one_sgd_step_on_a_batch_is_theta_minus_rate_times_the_batch_gradient
+T6_2 = test_ch6_update.test_online_sgd_steps_follow_the_reference_step_by_step
+T6_6 = test_ch6_update.test_the_step_counter_advances_once_per_optimiser_step
+
+
+def _caught(fault: str, test, clause: str, dtype: str, precision: str = "strict",
+            control: str = "numpy") -> int:
+    __tracebackhide__ = True
+    target = make_target(f"tests.meta.faulty_update:{fault}", clause, dtype, None)
+    target = replace(target, config=replace(target.config, precision=precision))
+    out = run_property(test, target)
+    assert out.error is not None, f"{fault} passed §{clause} on {dtype} ({out.calls} examples)"
+    for f in leaves(out.error):
+        if not isinstance(f, ClauseFailure):
+            raise AssertionError(f"{fault}: not a ClauseFailure: {f!r}") from f
+        assert f.clause == clause and str(f).startswith(f"§{clause} "), str(f)
+        assert f"backend={fault} " in str(f) and f"dtype={dtype}" in str(f), str(f)
+        assert any(n.startswith(f"# Reproduce §{clause} ") for n in f.__notes__)
+    assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
+    # the same derandomised examples (they do not depend on the backend) pass for numpy
+    right = make_target(control, clause, dtype, None)
+    right = replace(right, config=target.config)
+    passed = run_property(test, right)
+    assert passed.error is None, f"{control} fails §{clause} too: {passed.error}"
+    assert passed.calls >= out.first_failure
+    print(f"\n{fault:<26} {dtype:<8} caught by §{clause} at example {out.first_failure}", end="")
+    return out.first_failure
+
+
+@pytest.mark.clause("6.1")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_an_optimiser_step_per_example_inside_the_batch_is_caught_by_the_one_update_clause(
+        dtype):
+    _caught("online_within_batch", T6_1, "6.1", dtype)
+
+
+@pytest.mark.clause("6.6")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_an_adam_counter_advanced_per_example_is_caught_by_the_step_counter_clause(dtype):
+    _caught("adam_counter_per_example", T6_6, "6.6", dtype)
+
+
+@pytest.mark.clause("6.2")
+def test_a_training_loop_inside_one_autocast_region_is_caught_by_the_online_steps_clause():
+    # torch.autocast caches its bfloat16 copies of the weights until its region ends: a loop of
+    # forward/backward/step inside one region runs every forward with the first step's weights.
+    pytest.importorskip("torch")
+    _caught("torch_autocast_around_the_loop", T6_2, "6.2", "float32", "bf16_autocast",
+            control="torch")
