@@ -82,19 +82,31 @@ def selected_backends(config: pytest.Config) -> list:
     return config.stash[_BACKENDS]
 
 
-def targets(config: pytest.Config, clause: str, with_method: bool) -> list[harness.Target]:
+ACCELERATORS = {"torch": "cuda", "jax": "gpu"}
+"""The accelerator device of each built-in backend: when it is absent its tests are still
+generated and skipped with a one-line reason, so a CPU-only run says what it did not check."""
+
+
+def targets(config: pytest.Config, clause: str,
+            with_method: bool) -> list[tuple[harness.Target, str | None]]:
+    """(target, reason it is skipped or None) for every backend × device × dtype (× method)."""
     out = []
     want_dev, want_dt = config.getoption("device"), config.getoption("dtype")
     for spec, b in selected_backends(config):
-        for dev in b.devices():
+        present = list(b.devices())
+        devices = present + [d for d in [ACCELERATORS.get(b.name), *want_dev]
+                             if d and d not in present]
+        for dev in dict.fromkeys(devices):
             if want_dev and dev not in want_dev:
                 continue
+            absent = None if dev in present else (
+                f"{b.name}: device {dev!r} is not present here (devices: {', '.join(present)})")
             for dt in b.dtypes():
                 if want_dt and dt not in want_dt:
                     continue
                 cfg = Config(dev, dt, config.getoption("precision"))
                 methods = list(b.per_example_methods()) if with_method else [None]
-                out += [harness.Target(spec, b, cfg, clause, m) for m in methods]
+                out += [(harness.Target(spec, b, cfg, clause, m), absent) for m in methods]
     return out
 
 
@@ -105,12 +117,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is None:
         raise pytest.UsageError(f"{metafunc.definition.nodeid} takes `target` but has no "
                                 f"@pytest.mark.clause(...)")
-    ts = targets(metafunc.config, marker.args[0], "method" in metafunc.fixturenames)
-    if "method" in metafunc.fixturenames:
-        metafunc.parametrize(["target", "method"], [(t, t.method) for t in ts],
-                             ids=[t.id for t in ts])
-    else:
-        metafunc.parametrize("target", ts, ids=[t.id for t in ts])
+    with_method = "method" in metafunc.fixturenames
+    params = []
+    for t, absent in targets(metafunc.config, marker.args[0], with_method):
+        marks = [pytest.mark.skip(reason=absent)] if absent else []
+        values = (t, t.method) if with_method else (t,)
+        params.append(pytest.param(*values, marks=marks, id=t.id))
+    metafunc.parametrize(["target", "method"] if with_method else ["target"], params)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

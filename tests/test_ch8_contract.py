@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -15,7 +18,7 @@ from reference.contract import (
 )
 from reference.numpy_backend import NumpyBackend
 
-from .harness import BUILTINS, check
+from .harness import BUILTINS, ROOT, check
 from .test_ch2_core import worked_example_problem
 
 
@@ -90,3 +93,29 @@ def test_contract_violations_are_clear_errors(fault, message):
     if fault == "shape":
         with pytest.raises(BackendError, match=r"losses of shape \(1,\).*requires \(2,\)"):
             checked_per_example(backend, problem, config, "vmap")
+
+
+@pytest.mark.clause("8.1")
+def test_device_discovery_does_not_initialise_cuda():
+    """Importing the torch backend and asking for its devices must not initialise CUDA."""
+    pytest.importorskip("torch")
+    code = ("import torch, tests.backends.torch_backend as t; t.backend.devices(); "
+            "assert not torch.cuda.is_initialized(), 'CUDA initialised'")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.clause("8.1")
+def test_an_absent_accelerator_is_skipped_with_a_one_line_reason():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: nothing is absent")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                          "--backend", "torch", "--dtype", "float64", "-k", "worked_example",
+                          "tests/test_ch2_core.py"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "torch: device 'cuda' is not present here (devices: cpu)" in out, out
+    assert "2 passed, 2 skipped" in out, out
