@@ -21,16 +21,14 @@ from reference.contract import Config, Grads
 from reference.numpy_backend import NumpyBackend
 from reference.ops import ACTIVATIONS, LOSSES
 from reference.problem import Dense, Problem
+from tests.meta.faulty import tf32
 
 PerExample = tuple[np.ndarray, Grads]
 
 
-def round_to_tf32(a: np.ndarray) -> np.ndarray:
-    """float32 → TF32 (10 explicit mantissa bits), round to nearest with ties away from zero, as
-    NVIDIA's ``cvt.rna.tf32.f32``: add half of the 13 dropped bits' weight, then clear them
-    (``& 0xFFFFE000``). Relative error ≤ 2⁻¹¹; the exponent range stays float32's."""
-    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+round_to_tf32 = tf32
+"""float32 → TF32, round to nearest with ties away from zero (``tests.meta.faulty.tf32``, shared
+with the gallery's ``tf32_in_strict_mode``). Relative error ≤ 2⁻¹¹; float32's exponent range."""
 
 
 class TF32Emulation(NumpyBackend):
