@@ -3,7 +3,7 @@
 ``from reference import *`` brings in everything a counterexample snippet needs.
 """
 
-from .contract import Backend, BackendError, Config, load_backend
+from .contract import Backend, BackendError, Config, Undefined, load_backend
 from .grads import (
     batch_grad,
     batch_loss,
@@ -22,7 +22,10 @@ from .problem import (
     REDUCTION_NAMES,
     Activation,
     Batch,
+    BatchNorm,
     Dense,
+    Dropout,
+    LayerNorm,
     Loss,
     Network,
     Problem,
@@ -35,8 +38,9 @@ SPEC_VERSION = "0.1.0"
 
 __all__ = [
     "ACTIVATION_NAMES", "LOSS_NAMES", "REDUCTION_NAMES", "SPEC_VERSION",
-    "Activation", "Backend", "BackendError", "Batch", "Config", "Dense", "Loss", "Network",
-    "Problem", "ProblemError", "Reduction", "batch_grad", "batch_loss", "combine",
+    "Activation", "Backend", "BackendError", "Batch", "BatchNorm", "Config", "Dense", "Dropout",
+    "LayerNorm", "Loss", "Network", "Problem", "ProblemError", "Reduction", "Undefined",
+    "batch_grad", "batch_loss", "combine",
     "error_bound", "finite_difference_grad", "forward", "load_backend", "np",
     "per_example_grads", "per_example_losses", "precision", "reduce_losses",
     "scaled_per_example_grads", "tolerance",

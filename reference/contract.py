@@ -177,10 +177,17 @@ def _check_grads(backend: Backend, call: str, config: Config, grads: Any,
             for k in shapes}
 
 
+class Undefined(Exception):
+    """Raised by a backend (and the reference) when the asked quantity is not defined for the
+    problem, e.g. per-example gradients through a train-mode BatchNorm (spec §4.3). The message
+    names the clause. The checked calls pass it through unchanged: it is an answer, not a
+    contract breach."""
+
+
 def _call(backend: Backend, call: str, config: Config, fn: Any, *args: Any) -> Any:
     try:
         out = fn(*args)
-    except BackendError:
+    except (BackendError, Undefined):
         raise
     except Exception as exc:
         raise BackendError(
@@ -192,13 +199,37 @@ def _call(backend: Backend, call: str, config: Config, fn: Any, *args: Any) -> A
     return out
 
 
+BATCH_ARRAYS = ("inputs", "targets", "weights", "mask", "variances")
+
+
+def copy_batch(b: Batch) -> Batch:
+    """A batch with arrays of its own (dropout masks included)."""
+    def c(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a.copy()
+
+    drop = None if b.dropout is None else {k: v.copy() for k, v in b.dropout.items()}
+    return Batch(b.inputs.copy(), b.targets.copy(), c(b.weights), c(b.mask), c(b.variances), drop)
+
+
+def _same_batch(b: Batch, c: Batch) -> str | None:
+    """The name of the first field in which ``c`` differs from ``b``, else None."""
+    def same(x: np.ndarray | None, y: np.ndarray | None) -> bool:
+        return x is y is None or (x is not None and y is not None and np.array_equal(x, y))
+
+    for a in BATCH_ARRAYS:
+        if not same(getattr(b, a), getattr(c, a)):
+            return a
+    bd, cd = b.dropout or {}, c.dropout or {}
+    if set(bd) != set(cd) or any(not same(bd[k], cd[k]) for k in bd):
+        return "dropout"
+    return None
+
+
 def _private_copy(problem: Problem) -> Problem:
     """A copy of ``problem`` with arrays of its own, for the backend to read (or wrongly write):
     the caller's problem, and so the counterexample a failure reports, stays as it was drawn."""
-    b = problem.batch
     return replace(problem, params={k: v.copy() for k, v in problem.params.items()},
-                   batch=Batch(b.inputs.copy(), b.targets.copy(),
-                               None if b.weights is None else b.weights.copy()))
+                   batch=copy_batch(problem.batch))
 
 
 def _check_unmodified(backend: Backend, call: str, config: Config, problem: Problem,
@@ -208,8 +239,9 @@ def _check_unmodified(backend: Backend, call: str, config: Config, problem: Prob
         raise BackendError(f"{_where(backend, call, config)} added or removed keys of "
                            f"problem.params in place; a problem is read-only")
     pairs = [(f"problem.params[{k!r}]", v, given.params[k]) for k, v in problem.params.items()]
-    pairs += [(f"problem.batch.{a}", getattr(problem.batch, a), getattr(given.batch, a))
-              for a in ("inputs", "targets", "weights")]
+    changed = _same_batch(problem.batch, given.batch)
+    if changed:
+        pairs.append((f"problem.batch.{changed}", np.zeros(1), np.ones(1)))
     for what, before, after in pairs:
         if not (before is after is None or (before is not None and after is not None
                                             and np.array_equal(before, after))):
@@ -277,8 +309,7 @@ def checked_train(backend: Backend, problem: Problem, config: Config, optimizer:
         raise exc
     try:
         given = _private_copy(problem)
-        copies = [Batch(b.inputs.copy(), b.targets.copy(),
-                        None if b.weights is None else b.weights.copy()) for b in batches]
+        copies = [copy_batch(b) for b in batches]
         try:
             params = backend.train(given, config, optimizer, copies)  # type: ignore[attr-defined]
         except BackendError:
@@ -288,12 +319,10 @@ def checked_train(backend: Backend, problem: Problem, config: Config, optimizer:
                                f"{exc}") from exc
         _check_unmodified(backend, call, config, problem, given)
         for i, (b, c) in enumerate(zip(batches, copies, strict=True)):
-            for a in ("inputs", "targets", "weights"):
-                before, after = getattr(b, a), getattr(c, a)
-                if not (before is after is None or (before is not None and after is not None
-                                                    and np.array_equal(before, after))):
-                    raise BackendError(f"{_where(backend, call, config)} modified "
-                                       f"batches[{i}].{a} in place; batches are read-only")
+            changed = _same_batch(b, c)
+            if changed:
+                raise BackendError(f"{_where(backend, call, config)} modified "
+                                   f"batches[{i}].{changed} in place; batches are read-only")
         shapes = problem.network.param_shapes()
         if not isinstance(params, Mapping):
             raise BackendError(f"{_where(backend, call, config)} returned parameters as "

@@ -17,15 +17,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .contract import Undefined
 from .ops import (
     ACTIVATIONS,
     LOSSES,
+    affine,
     dense,
+    dropout,
+    normalize,
+    smoothed_targets,
+    standardize,
     vjp_dense_input,
     vjp_dense_params_batch,
     vjp_dense_params_per_example,
+    vjp_normalize,
 )
-from .problem import Activation, Dense, Params, Problem
+from .problem import NORM_EPS, Activation, Dense, Dropout, LayerNorm, Params, Problem
 
 Grads = dict[str, np.ndarray]
 DType = type[np.floating] | np.dtype
@@ -35,12 +42,14 @@ DType = type[np.floating] | np.dtype
 class Trace:
     """What the backward pass needs from the forward pass.
 
-    ``inputs[k]`` is the input to layer k (N, width); ``outputs[k]`` its output; the network
+    ``inputs[k]`` is the input to layer k, shape (N, width) or (N, T, width) for sequences;
+    ``outputs[k]`` its output; ``norms[k]`` = (x̂, s) of a LayerNorm/BatchNorm at k. The network
     output f(x) is ``outputs[-1]``.
     """
 
     inputs: list[np.ndarray]
     outputs: list[np.ndarray]
+    norms: dict[int, tuple[np.ndarray, np.ndarray]]
 
     @property
     def output(self) -> np.ndarray:
@@ -53,24 +62,86 @@ def _param(problem: Problem, name: str, dtype: DType) -> np.ndarray:
 
 def forward(problem: Problem, dtype: DType = np.float64) -> Trace:
     """Layer by layer, keeping each layer's input and output. ``dtype`` float32 runs the same
-    code in float32 (the ``numpy`` backend's float32 mode); the reference itself is float64."""
+    code in float32 (the ``numpy`` backend's float32 mode); the reference itself is float64.
+    Every layer acts on the last axis, so a sequence batch (N, T, d) runs token by token."""
     a = problem.batch.inputs.astype(dtype)
-    inputs, outputs = [], []
+    inputs, outputs, norms = [], [], {}
     for k, layer in enumerate(problem.network.layers):
         inputs.append(a)
         if isinstance(layer, Dense):
             bias = _param(problem, f"{k}.bias", dtype) if layer.bias else None
             a = dense(a, _param(problem, f"{k}.weight", dtype), bias)
-        else:
+        elif isinstance(layer, Activation):
             a = ACTIVATIONS[layer.name][0](a)
+        elif isinstance(layer, Dropout):
+            assert problem.batch.dropout is not None
+            a = dropout(a, problem.batch.dropout[k].astype(dtype), layer.p)
+        else:
+            if isinstance(layer, LayerNorm):
+                xhat, s = normalize(a, -1, NORM_EPS)
+            elif layer.training:
+                xhat, s = normalize(a, 0, NORM_EPS)
+            else:
+                assert layer.running_mean is not None and layer.running_var is not None
+                xhat, s = standardize(a, np.asarray(layer.running_mean, dtype),
+                                      np.asarray(layer.running_var, dtype), NORM_EPS)
+            norms[k] = (xhat, s)
+            a = affine(xhat, _param(problem, f"{k}.weight", dtype),
+                       _param(problem, f"{k}.bias", dtype))
         outputs.append(a)
-    return Trace(inputs, outputs)
+    return Trace(inputs, outputs, norms)
+
+
+# -- losses ----------------------------------------------------------------------------------------
+def _rows(x: np.ndarray, lead: int) -> np.ndarray:
+    """(N, [T,] ...) → (rows, ...): examples, or tokens of a sequence batch, as rows."""
+    return x.reshape((-1,) + x.shape[lead:])
+
+
+def loss_data(problem: Problem, output: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """(targets as rows, the loss's extra arguments) for ``ops.LOSSES[name]`` on rows of
+    ``output``: cross-entropy gets q̃ (``ops.smoothed_targets``) and the class weights w."""
+    loss, b = problem.loss, problem.batch
+    lead = 2 if b.sequence else 1
+    dt = output.dtype
+    t = _rows(b.targets, lead)
+    if loss.name == "softmax_cross_entropy":
+        c = output.shape[-1]
+        w = np.ones(c) if loss.class_weights is None else np.asarray(loss.class_weights)
+        q = smoothed_targets(t, c, loss.label_smoothing, loss.ignore_index)
+        return q.astype(dt), (w.astype(dt),)
+    t = t.astype(dt)
+    if loss.name == "huber":
+        return t, (loss.delta,)
+    if loss.name == "gaussian_nll":
+        assert b.variances is not None
+        return t, (_rows(b.variances, lead).astype(dt),)
+    return t, ()
+
+
+def _token_weights(problem: Problem, dtype: DType) -> np.ndarray | None:
+    return problem.batch.token_mask.astype(dtype) if problem.batch.sequence else None
 
 
 def per_example_losses(problem: Problem, trace: Trace | None = None) -> np.ndarray:
-    """ℓ_i for every example, shape (N,) (spec §1.1)."""
+    """ℓ_i for every example, shape (N,) (spec §1.1); for a sequence batch ℓ_i = Σ_t m_it ℓ_it
+    (spec §3.7)."""
     trace = trace or forward(problem)
-    return LOSSES[problem.loss.name][0](trace.output, _targets(problem, trace))
+    out = trace.output
+    y, extra = loss_data(problem, out)
+    rows = LOSSES[problem.loss.name][0](_rows(out, out.ndim - 1), y, *extra)
+    m = _token_weights(problem, out.dtype)
+    return rows if m is None else (rows.reshape(m.shape) * m).sum(axis=1)
+
+
+def output_cotangent(problem: Problem, trace: Trace) -> np.ndarray:
+    """∂ℓ_i/∂f(x_i) for every example, shape (N, D) (for sequences (N, T, D), zero on masked
+    tokens)."""
+    out = trace.output
+    y, extra = loss_data(problem, out)
+    rows = LOSSES[problem.loss.name][1](_rows(out, out.ndim - 1), y, *extra).reshape(out.shape)
+    m = _token_weights(problem, out.dtype)
+    return rows if m is None else rows * m[..., None]
 
 
 def reduce_losses(problem: Problem, losses: np.ndarray) -> float:
@@ -82,16 +153,19 @@ def batch_loss(problem: Problem) -> float:
     return reduce_losses(problem, per_example_losses(problem))
 
 
+# -- backward --------------------------------------------------------------------------------------
 def _backward(
     problem: Problem,
     trace: Trace,
     seed: np.ndarray,
     param_rule: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
 ) -> Grads:
-    """Propagate the output cotangent ``seed`` (N, D) back through the network."""
+    """Propagate the output cotangent ``seed`` back through the network. ``param_rule`` turns a
+    cotangent and an input into (W̄, b̄); it also serves γ̄ = rule(ȳ ⊙ x̂) and β̄ of the norms."""
     grads: Grads = {}
     g = seed
-    first = problem.network.dense_layers()[0][0]  # below it, no parameter needs a cotangent
+    params = problem.network.param_shapes()
+    first = min(int(name.split(".")[0]) for name in params)  # below it no cotangent is needed
     for k in range(len(problem.network.layers) - 1, first - 1, -1):
         layer, a = problem.network.layers[k], trace.inputs[k]
         if isinstance(layer, Dense):
@@ -101,31 +175,41 @@ def _backward(
                 grads[f"{k}.bias"] = b_bar
             if k > first:
                 g = vjp_dense_input(g, _param(problem, f"{k}.weight", g.dtype))
-        else:
-            assert isinstance(layer, Activation)
+        elif isinstance(layer, Activation):
             g = g * ACTIVATIONS[layer.name][1](a, trace.outputs[k])
-    return {name: grads[name] for name in problem.network.param_shapes()}
-
-
-def _targets(problem: Problem, trace: Trace) -> np.ndarray:
-    t = problem.batch.targets
-    return t if t.dtype.kind in "iu" else t.astype(trace.output.dtype)
-
-
-def output_cotangent(problem: Problem, trace: Trace) -> np.ndarray:
-    """∂ℓ_i/∂f(x_i) for every example, shape (N, D)."""
-    return LOSSES[problem.loss.name][1](trace.output, _targets(problem, trace))
+        elif isinstance(layer, Dropout):
+            assert problem.batch.dropout is not None
+            g = dropout(g, problem.batch.dropout[k].astype(g.dtype), layer.p)
+        else:
+            xhat, s = trace.norms[k]
+            ones = np.ones(g.shape[:-1] + (1,), g.dtype)
+            grads[f"{k}.weight"] = param_rule(g * xhat, ones)[1]
+            grads[f"{k}.bias"] = param_rule(g, ones)[1]
+            if k > first:
+                dxhat = g * _param(problem, f"{k}.weight", g.dtype)
+                if isinstance(layer, LayerNorm):
+                    g = vjp_normalize(dxhat, xhat, s, -1)
+                elif layer.training:
+                    g = vjp_normalize(dxhat, xhat, s, 0)
+                else:
+                    g = dxhat * s
+    return {name: grads[name] for name in params}
 
 
 def per_example_grads(problem: Problem, dtype: DType = np.float64) -> tuple[np.ndarray, Grads]:
     """(ℓ, g): ℓ_i (N,) and g_i = ∇_θ ℓ_i as {name: (N, *shape)} (spec §1.3).
 
-    Every g_i is taken at the same θ, and depends on example i alone.
+    Every g_i is taken at the same θ, and depends on example i alone. A train-mode BatchNorm
+    breaks the second half: ℓ_i depends on every example, so there is no per-example gradient
+    in this sense, and this raises ``Undefined`` (spec §4.3).
     """
+    if problem.network.couples_examples:
+        raise Undefined("per-example gradients are not defined through a train-mode BatchNorm: "
+                        "ℓ_i depends on every example of the batch (batchgrad-spec §4.3)")
     trace = forward(problem, dtype)
     losses = per_example_losses(problem, trace)
-    return losses, _backward(problem, trace, output_cotangent(problem, trace),
-                             vjp_dense_params_per_example)
+    cot = output_cotangent(problem, trace)
+    return losses, _backward(problem, trace, cot, vjp_dense_params_per_example)
 
 
 def batch_grad(problem: Problem, dtype: DType = np.float64) -> tuple[float, Grads]:
@@ -133,7 +217,8 @@ def batch_grad(problem: Problem, dtype: DType = np.float64) -> tuple[float, Grad
     trace = forward(problem, dtype)
     losses = per_example_losses(problem, trace)
     kappa = problem.coefficients.astype(dtype)
-    seed = kappa[:, None] * output_cotangent(problem, trace)
+    cot = output_cotangent(problem, trace)
+    seed = kappa.reshape((-1,) + (1,) * (cot.ndim - 1)) * cot
     return float(np.sum(kappa * losses)), _backward(problem, trace, seed, vjp_dense_params_batch)
 
 

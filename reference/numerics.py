@@ -35,9 +35,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .grads import Grads, batch_grad, per_example_grads
-from .ops import ACTIVATIONS, GELU_TANH_C, GELU_TANH_K, INV_SQRT_2PI, SQRT_HALF, erfc
-from .problem import Activation, Batch, Dense, Problem
+from .grads import Grads, batch_grad
+from .ops import (
+    ACTIVATIONS,
+    GELU_TANH_C,
+    GELU_TANH_K,
+    INV_SQRT_2PI,
+    LEAKY_SLOPE,
+    SQRT_HALF,
+    erfc,
+    smoothed_targets,
+)
+from .problem import NORM_EPS, Activation, Batch, BatchNorm, Dense, Dropout, LayerNorm, Problem
 from .update import Optimizer
 
 ELEMENTARY_ULPS = 4
@@ -227,10 +236,13 @@ CURVATURE: dict[str, float] = {
     "softplus": 0.25,  # softplus'' = σ(1−σ) ≤ ¼
     "gelu": 2.0 * INV_SQRT_2PI,  # gelu'' = φ(z)(2 − z²), largest at z = 0
     "gelu_tanh": 2.0 * INV_SQRT_2PI,  # equal to gelu''(0) at 0, smaller elsewhere (tested)
+    "leaky_relu": 0.0,  # piecewise linear; kink in KINKS
+    "elu": 1.0,  # elu'' = e^z ≤ 1 for z < 0, 0 for z > 0: the slope is 1-Lipschitz (no jump)
 }
 """M2 = sup_z |σ''(z)| for each activation (each value is checked on a grid by the meta-tests)."""
 
-KINKS: dict[str, tuple[float, float]] = {"relu": (0.0, 1.0)}
+KINKS: dict[str, tuple[float, float]] = {"relu": (0.0, 1.0),
+                                          "leaky_relu": (0.0, 1.0 - LEAKY_SLOPE)}
 """Activation → (location, jump of the slope) of its kink."""
 
 
@@ -242,6 +254,17 @@ def _activation_rounding(name: str, z: np.ndarray, r: Rounding) -> tuple[R, R]:
         return x, r.exact(np.ones_like(z))
     if name == "relu":
         return r.exact(np.maximum(z, 0.0)), r.exact((z > 0).astype(np.float64))
+    if name == "leaky_relu":  # slope·z rounded once below 0
+        neg = r.mul(x, r.const(LEAKY_SLOPE))
+        return (R(np.where(z > 0, z, neg.v), np.where(z > 0, 0.0, neg.e)),
+                R(np.where(z > 0, 1.0, LEAKY_SLOPE), np.where(z > 0, 0.0, r.u * LEAKY_SLOPE)))
+    if name == "elu":  # expm1(z) and slope e^z below 0 (PyTorch; JAX: expm1 + 1 for the slope)
+        zn = r.exact(np.minimum(z, 0.0))
+        em1 = r.fn(np.expm1, np.exp, zn)
+        slope = r.exp(zn)
+        slope = R(slope.v, np.maximum(slope.e, r.add(em1, one).e))
+        return (R(np.where(z > 0, z, em1.v), np.where(z > 0, 0.0, em1.e)),
+                R(np.where(z > 0, 1.0, slope.v), np.where(z > 0, 0.0, slope.e)))
     if name == "tanh":
         a = r.tanh(x)
         return a, r.sub(one, r.mul(a, a))
@@ -282,7 +305,7 @@ def activation(name: str, z: R, r: Rounding) -> tuple[R, R]:
     lipschitz = np.abs(slope_exact) + CURVATURE[name] * z.e
     # A framework's backward kernel may evaluate σ' by a formula of its own (XLA's tanh slope errs
     # by 1.45u where 1 − a² would give 1u): smooth slopes also get an elementary function's error.
-    own_formula = 0.0 if name in ("identity", "relu") else r.fn_rel * np.abs(s.v)
+    own_formula = 0.0 if name in ("identity", "relu", "leaky_relu") else r.fn_rel * np.abs(s.v)
     slope_err = s.e + own_formula + CURVATURE[name] * z.e
     if name in KINKS:
         at, jump = KINKS[name]
@@ -293,31 +316,185 @@ def activation(name: str, z: R, r: Rounding) -> tuple[R, R]:
     return R(a.v, a.e + lipschitz * z.e), R(s.v, slope_err)
 
 
-# -- losses ----------------------------------------------------------------------------------------
+# -- losses on rows: ℓ (M,) and ∂ℓ/∂f (M, D) -------------------------------------------------------
+def _rows(x: np.ndarray, lead: int) -> np.ndarray:
+    return x.reshape((-1,) + x.shape[lead:])
+
+
+def _abs_terms(r: Rounding, v: np.ndarray, e: np.ndarray, shadow: np.ndarray, ops: int) -> R:
+    """A value computed by ``ops`` roundings of terms of total magnitude ``shadow`` (a formula
+    frameworks write in more than one way): propagated error e plus ops·u·shadow."""
+    return R(v, e + ops * r.u * shadow + r.tiny)
+
+
 def _loss_and_cotangent(problem: Problem, out: R, r: Rounding) -> tuple[R, R]:
-    y = problem.batch.targets
-    if problem.loss.name == "squared_error":
-        d = out.v.shape[1]
-        res = r.sub(out, r.exact(y))
-        loss = r.mul(r.sum(r.mul(res, res), axis=1), r.const(1.0 / d))
-        return loss, r.mul(r.const(2.0 / d), res)
-    # softmax cross-entropy via log-softmax: ls = (z − m) − log Σ e^{z−m}; δ = e^{ls} − e_y
+    """Rows of f (M, D) → (ℓ per row (M,), ∂ℓ/∂f (M, D)) with error bounds (spec §7.1, §3)."""
+    loss, b = problem.loss, problem.batch
+    lead = 2 if b.sequence else 1
+    d = out.v.shape[1]
+    inv_d = r.const(1.0 / d)
+    if loss.name == "softmax_cross_entropy":
+        return _cross_entropy(problem, out, r, lead)
+    y = _rows(b.targets, lead)
+    res = r.sub(out, r.exact(y))
+    if loss.name == "squared_error":
+        value = r.mul(r.sum(r.mul(res, res), axis=1), inv_d)
+        return value, r.mul(r.const(2.0 / d), res)
+    if loss.name == "bce_with_logits":
+        # max(z,0) − z y + log(1 + e^{−|z|}) (torch: log(e^{−m} + e^{−z−m}); optax: via
+        # log σ(±z)): ≤ 4 roundings of terms of size |z| + |z y| + 1, the log's error
+        # relative to 1 (a log of a sum ≥ 1), and |∂ℓ/∂z| = |σ(z) − y| ≤ 1 times e_z.
+        z = out.v
+        sp = np.log1p(np.exp(-np.abs(z)))
+        v = np.maximum(z, 0.0) - z * y + sp
+        e = out.e + 4 * r.u * (np.abs(z) + np.abs(z * y) + 1.0) + r.fn_rel * (1.0 + sp)
+        elem = R(v, e + r.tiny)
+        sig, _ = activation("sigmoid", out, r)
+        return r.mul(r.sum(elem, axis=1), inv_d), r.mul(r.sub(sig, r.exact(y)), inv_d)
+    if loss.name == "huber":
+        delta = loss.delta
+        a = np.abs(res.v)
+        quad = np.minimum(a, delta)
+        v = 0.5 * quad * quad + delta * (a - quad)
+        # ½q² + δ(|r| − q) or its two-branch form: ≤ 4 roundings of ½q² + δ|r|; Lipschitz
+        # |h'| = min(|r|, δ); the branches agree to ½e² at |r| = δ (first order: 0)
+        elem = _abs_terms(r, v, np.minimum(a, delta) * res.e, 0.5 * quad**2 + delta * a, 4)
+        slope = R(np.clip(res.v, -delta, delta), res.e + r.u * delta)
+        return r.mul(r.sum(elem, axis=1), inv_d), r.mul(slope, inv_d)
+    if loss.name == "gaussian_nll":
+        assert b.variances is not None
+        var = _rows(b.variances, lead)
+        lv = np.log(var)
+        q = res.v * res.v / var
+        v = 0.5 * (lv + q)
+        # ½(log v + r²/v): log to ELEMENTARY_ULPS, ≤ 4 roundings of |log v| + r²/v;
+        # ∂/∂r = r/v
+        elem = R(v, np.abs(res.v / var) * res.e + r.fn_rel * np.abs(lv)
+                 + 4 * r.u * (np.abs(lv) + q) + r.tiny)
+        cot = r.div(res, r.exact(var * d))
+        return r.mul(r.sum(elem, axis=1), inv_d), R(cot.v, cot.e + 2 * r.u * np.abs(cot.v))
+    raise KeyError(loss.name)
+
+
+def _cross_entropy(problem: Problem, out: R, r: Rounding, lead: int) -> tuple[R, R]:
+    """ℓ = −Σ_k w_k q̃_k ls_k and ∂ℓ/∂z = (Σ_k w_k q̃_k) p − w ⊙ q̃, ls = log-softmax, p = e^{ls}.
+
+    q̃ = (1 − ε)q + ε/C is formed by the backend (two constants rounded: 2u|q̃|). Frameworks
+    group the sums differently (PyTorch: (1 − ε)·nll + (ε/C)·Σ_k w_k(−ls_k)): every grouping
+    of the C products errs by ≤ (γ_C + 3u) Σ_k |w_k q̃_k ls_k| (spec §7.1)."""
+    loss, b = problem.loss, problem.batch
+    c = out.v.shape[1]
     m = R(out.v.max(axis=1, keepdims=True), out.e.max(axis=1, keepdims=True))
     s = r.sub(out, m)
     lse = r.log(r.sum(r.exp(s), axis=1))
     ls = r.sub(s, R(lse.v[:, None], lse.e[:, None]))
-    rows = np.arange(len(y))
-    loss = R(-ls.v[rows, y], ls.e[rows, y])
+    w = np.ones(c) if loss.class_weights is None else np.asarray(loss.class_weights)
+    q = smoothed_targets(_rows(b.targets, lead), c, loss.label_smoothing, loss.ignore_index)
+    wq = w * q
+    hard = loss.label_smoothing == 0.0 and b.targets.dtype.kind in "iu"
+    wq_rel = 0.0 if hard else 2 * r.u  # one-hot q̃ is exact
+    terms = np.abs(wq * ls.v)
+    value = R(-np.sum(wq * ls.v, axis=1),
+              np.sum(np.abs(wq) * ls.e, axis=1)
+              + (gamma(c, r.u) + 3 * r.u + wq_rel) * terms.sum(axis=1)
+              + r.tiny * (terms > 0).sum(axis=1))
     p = r.exp(ls)
-    onehot = np.zeros_like(p.v)
-    onehot[rows, y] = 1.0
-    return loss, r.sub(p, r.exact(onehot))
+    total = np.abs(wq).sum(axis=1, keepdims=True)
+    cot_v = wq.sum(axis=1, keepdims=True) * p.v - wq
+    shadow = total * np.abs(p.v) + np.abs(wq)
+    cot = R(cot_v, total * p.e + (gamma(c, r.u) + 3 * r.u + wq_rel) * shadow
+            + r.tiny * (shadow > 0))
+    return value, cot
+
+
+# -- normalisation layers ------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class NormRounding:
+    """What the backward bound of a LayerNorm/BatchNorm needs from its forward bound."""
+
+    axis: int | None  # −1 LayerNorm, 0 train-mode BatchNorm, None eval-mode BatchNorm
+    xhat: R
+    s: R  # 1/√(v + ε), keepdims
+    scale: np.ndarray  # 1 + |μ|s: formulas in terms of the raw input X round at |X|s
+
+
+def _norm_forward(layer: LayerNorm | BatchNorm, x: R, gamma_: np.ndarray, beta: np.ndarray,
+                  r: Rounding) -> tuple[R, NormRounding]:
+    """y = γ ⊙ x̂ + β with x̂ = (x − μ)s, s = 1/√(v + ε) (spec §4.1–§4.4, §7.1).
+
+    Statistics along an axis of n elements. Propagated (first order, exact): ∂x̂_i/∂x_j =
+    s(δ_ij − 1/n − x̂_i x̂_j/n), so e_x̂ ≤ s(e_x + mean e_x + |x̂| mean(|x̂| e_x)). Rounding: μ
+    errs by γ_n mean|x|; v by γ_{n+3}(v + 2μ²) (a bound for the one-pass E[x²] − μ², which
+    covers two-pass and Welford updates too); s by ELEMENTARY_ULPS (rsqrt) + u; kernels that
+    compute y = X·(γs) + (β − μγs) round at |X|s = |x̂ + μs| (the factor 1 + |μ|s). Eval-mode
+    BatchNorm uses the running statistics (exact data) instead."""
+    eps = NORM_EPS
+    if isinstance(layer, BatchNorm) and not layer.training:
+        assert layer.running_mean is not None and layer.running_var is not None
+        mu = np.asarray(layer.running_mean)
+        s_v = 1.0 / np.sqrt(np.asarray(layer.running_var) + eps)
+        s = R(s_v, (r.fn_rel + 2 * r.u) * s_v)
+        xhat_v = (x.v - mu) * s_v
+        scale = 1.0 + np.abs(mu) * s_v
+        xhat = R(xhat_v, s_v * x.e + np.abs(xhat_v) * (r.fn_rel + 2 * r.u)
+                 + 2 * r.u * scale + r.tiny)
+        axis: int | None = None
+    else:
+        axis = -1 if isinstance(layer, LayerNorm) else 0
+        n = x.v.shape[axis]
+        mu = x.v.mean(axis=axis, keepdims=True)
+        d = x.v - mu
+        var = (d * d).mean(axis=axis, keepdims=True)
+        s_v = 1.0 / np.sqrt(var + eps)
+        xhat_v = d * s_v
+        e_var = gamma(n + 3, r.u) * (var + 2 * mu * mu) + r.u * (var + eps)
+        s_rel = 0.5 * e_var / (var + eps) + r.fn_rel + 2 * r.u
+        s = R(s_v, s_rel * s_v)
+        e_mu = gamma(n, r.u) * np.abs(x.v).mean(axis=axis, keepdims=True)
+        prop = s_v * (x.e + x.e.mean(axis=axis, keepdims=True)
+                      + np.abs(xhat_v) * (np.abs(xhat_v) * x.e).mean(axis=axis, keepdims=True))
+        scale = 1.0 + np.abs(mu) * s_v
+        xhat = R(xhat_v, prop + s_v * (e_mu + r.u * np.abs(d)) + np.abs(xhat_v) * s_rel
+                 + 2 * r.u * scale + r.tiny)
+    y_v = xhat.v * gamma_ + beta
+    y = R(y_v, np.abs(gamma_) * xhat.e
+          + 3 * r.u * (np.abs(gamma_) * (np.abs(xhat.v) + 2 * scale) + np.abs(beta) + np.abs(y_v))
+          + r.tiny)
+    return y, NormRounding(axis, xhat, s, scale)
+
+
+def _norm_backward(nr: NormRounding, g: R, gamma_: np.ndarray, r: Rounding) -> R:
+    """ā = s(x̂̄ − mean x̂̄ − x̂ mean(x̂̄ x̂)), x̂̄ = ȳγ (``ops.vjp_normalize``); eval: ā = s x̂̄.
+
+    Propagated first order through each factor, plus rounding of ≤ (n + 8) operations on terms
+    of size s(|x̂̄| + mean|x̂̄| + |x̂| mean|x̂̄ x̂|)·(1 + |μ|s) (formulas in X, as for the forward)."""
+    dx = r.mul(g, r.exact(gamma_))
+    s, xh = nr.s, nr.xhat
+    if nr.axis is None:
+        out = r.mul(dx, s)
+        return R(out.v, out.e + 2 * r.u * np.abs(out.v) * nr.scale)
+    ax = nr.axis
+    n = dx.v.shape[ax]
+
+    def mean(a: np.ndarray) -> np.ndarray:
+        return a.mean(axis=ax, keepdims=True)
+
+    m1, m2 = mean(dx.v), mean(dx.v * xh.v)
+    inner = dx.v - m1 - xh.v * m2
+    v = s.v * inner
+    prop_dx = s.v * (dx.e + mean(dx.e) + np.abs(xh.v) * mean(np.abs(xh.v) * dx.e))
+    prop_xh = s.v * (np.abs(m2) * xh.e + np.abs(xh.v) * mean(np.abs(dx.v) * xh.e))
+    prop_s = np.abs(inner) * s.e
+    shadow = s.v * (np.abs(dx.v) + mean(np.abs(dx.v)) + np.abs(xh.v) * mean(np.abs(dx.v * xh.v)))
+    return R(v, prop_dx + prop_xh + prop_s + gamma(n + 8, r.u) * shadow * nr.scale
+             + r.tiny * r.maybe_nonzero(dx))
 
 
 # -- the bound for a whole problem -----------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Bound:
-    """Absolute error bounds, same shapes as the quantities they bound."""
+    """Absolute error bounds, same shapes as the quantities they bound. ``grads`` (per-example)
+    is empty for a problem whose per-example gradients are undefined (spec §4.3)."""
 
     losses: np.ndarray  # (N,)
     grads: Grads  # {name: (N, *shape)} per-example
@@ -334,10 +511,17 @@ class Bound:
 
 
 def _coefficient_rel_error(problem: Problem, u: float) -> np.ndarray:
-    """Relative error of the computed κ_i: 1/N and Σc rounding (weighted_mean)."""
+    """Relative error of the computed κ_i: the division by Σ ω_i (a computed sum unless every
+    ω_i is an integer: counts are exact), by Σ c_i (weighted_mean), N·T_i (sequence_mean: two
+    divisions)."""
     n, name = problem.batch.size, problem.reduction.name
     if name == "mean":
-        return np.full(n, u)
+        w = problem.counts
+        if np.all(w == np.round(w)) or not np.sum(w):
+            return np.full(n, u)
+        return np.full(n, gamma(w.size, u) * np.sum(np.abs(w)) / abs(np.sum(w)) + u)
+    if name == "sequence_mean":
+        return np.full(n, 2 * u)
     if name == "weighted_mean":
         c = problem.batch.weights
         assert c is not None
@@ -345,17 +529,24 @@ def _coefficient_rel_error(problem: Problem, u: float) -> np.ndarray:
     return np.zeros(n)
 
 
-def error_bound(problem: Problem, p: Precision,
-                reference: tuple[np.ndarray, Grads] | None = None) -> Bound:
-    """First-order bound on the error of a backend computing ``problem`` at precision p.
+@dataclass(frozen=True, eq=False)
+class _Forward:
+    """The forward pass in R arithmetic, on rows (examples, or tokens of a sequence batch)."""
 
-    ``reference`` is ``per_example_grads(problem)`` when the caller has it already (it does not
-    depend on p: ``tolerance`` computes it once for the two bounds it adds).
-    """
-    r = Rounding(p)
-    a = r.exact(problem.batch.inputs)
+    inputs: list[R]
+    slopes: dict[int, R]
+    norms: dict[int, NormRounding]
+    scales: dict[int, R]  # dropout m/(1 − p) per layer
+    output: R
+
+
+def _forward_bound(problem: Problem, r: Rounding) -> _Forward:
+    lead = 2 if problem.batch.sequence else 1
+    a = r.exact(_rows(problem.batch.inputs, lead))
     inputs: list[R] = []
     slopes: dict[int, R] = {}
+    norms: dict[int, NormRounding] = {}
+    scales: dict[int, R] = {}
     for k, layer in enumerate(problem.network.layers):
         inputs.append(a)
         if isinstance(layer, Dense):
@@ -363,68 +554,120 @@ def error_bound(problem: Problem, p: Precision,
             if layer.bias:
                 z = r.add(z, r.exact(problem.params[f"{k}.bias"]))
             a = z
-        else:
-            assert isinstance(layer, Activation)
+        elif isinstance(layer, Activation):
             a, slopes[k] = activation(layer.name, a, r)
-    losses, cot = _loss_and_cotangent(problem, a, r)
-    names = problem.network.param_shapes()
-    values, grads = per_example_grads(problem) if reference is None else reference
+        elif isinstance(layer, Dropout):
+            assert problem.batch.dropout is not None
+            keep = _rows(problem.batch.dropout[k], lead)
+            c = 1.0 / (1.0 - layer.p)
+            scales[k] = R(keep * c, keep * r.u * c)  # m/(1 − p), or (a m)/(1 − p): ≤ 2u
+            a = r.mul(a, scales[k])
+        else:
+            a, norms[k] = _norm_forward(layer, a, problem.params[f"{k}.weight"],
+                                        problem.params[f"{k}.bias"], r)
+    return _Forward(inputs, slopes, norms, scales, a)
+
+
+def error_bound(problem: Problem, p: Precision,
+                reference: tuple[np.ndarray, Grads] | None = None) -> Bound:
+    """First-order bound on the error of a backend computing ``problem`` at precision p.
+
+    Everything runs in R arithmetic on the problem's own values; ``reference`` is accepted for
+    compatibility and unused. For a sequence batch rows are tokens: ℓ_i = Σ_t m_it ℓ_it adds
+    γ_{T−1}, and the reduction over all N·T rows uses γ_{NT} (a flat sum, spec §7.1).
+    """
+    r = Rounding(p)
+    fw = _forward_bound(problem, r)
+    rows_loss, cot = _loss_and_cotangent(problem, fw.output, r)
     n = problem.batch.size
+    t = problem.batch.inputs.shape[1] if problem.batch.sequence else 1
+    m = problem.batch.token_mask.reshape(-1).astype(float) if problem.batch.sequence else None
+    if m is not None:  # masked tokens: ℓ and ∂ℓ/∂f are multiplied by 0 exactly
+        rows_loss = R(rows_loss.v * m, rows_loss.e * m)
+        cot = R(cot.v * m[:, None], cot.e * m[:, None])
+    losses = R(rows_loss.v.reshape(n, t).sum(axis=1),
+               rows_loss.e.reshape(n, t).sum(axis=1)
+               + gamma(t - 1, p.u) * np.abs(rows_loss.v).reshape(n, t).sum(axis=1))
     kappa = problem.coefficients
     eps = _coefficient_rel_error(problem, p.u)
+    k_rows = np.repeat(kappa, t)
+    eps_rows = np.repeat(eps, t)
+    names = problem.network.param_shapes()
 
     # Per-example gradients: the backward pass seeded with ∂ℓ_i/∂f_i.
-    per_example = _backward_bound(problem, inputs, slopes, cot, r)
+    per_example: Grads = {}
+    if not problem.network.couples_examples:
+        per_example = {k: e for k, (e, _) in _backward_bound(problem, fw, cot, r, n).items()}
 
     # The batch gradient: frameworks seed the backward pass with κ_i ∂ℓ_i/∂f_i (κ_i rounded,
-    # relative error ε_i), so underflow happens at the scaled magnitude; then an N-term sum.
-    # A backend that instead scales the per-example gradients at the end makes one more
-    # rounding (u|κ_i g_i| + tiny), also added.
-    seed = R(kappa[:, None] * cot.v,
-             np.abs(kappa)[:, None] * cot.e + (eps + p.u)[:, None] * np.abs(kappa[:, None] * cot.v)
+    # relative error ε_i), so underflow happens at the scaled magnitude; then a sum over all
+    # rows (γ of the number of rows: a flat sum). A backend that instead scales per-example
+    # gradients at the end makes one more rounding (u|κ_i g_i| + tiny), also added.
+    seed = R(k_rows[:, None] * cot.v,
+             np.abs(k_rows)[:, None] * cot.e
+             + (eps_rows + p.u)[:, None] * np.abs(k_rows[:, None] * cot.v)
              + p.tiny * r.maybe_nonzero(cot))
-    scaled = _backward_bound(problem, inputs, slopes, seed, r)
+    scaled = _backward_bound(problem, fw, seed, r, n)
 
-    def reduce(err: np.ndarray, val: np.ndarray) -> np.ndarray:
-        shape = (-1,) + (1,) * (err.ndim - 1)
-        kv = np.abs(kappa.reshape(shape) * val)
-        return np.sum(err + p.u * kv + p.tiny * (kv > 0), axis=0) + gamma(n, p.u) * kv.sum(0)
+    def reduce(err: np.ndarray, shadow: np.ndarray, rows: int) -> np.ndarray:
+        return (np.sum(err + p.u * shadow + p.tiny * (shadow > 0), axis=0)
+                + gamma(rows, p.u) * shadow.sum(0))
 
-    loss_terms = np.abs(kappa) * losses.e + eps * np.abs(kappa * values)
+    loss_terms = np.abs(kappa) * losses.e + eps * np.abs(kappa * losses.v)
+    k_abs_loss = np.abs(kappa) * (np.abs(rows_loss.v).reshape(n, t).sum(axis=1))
     return Bound(
         losses=losses.e,
         grads=per_example,
-        loss=float(reduce(loss_terms, values)),
-        batch_grads={k: reduce(scaled[k], grads[k]) for k in names},
+        loss=float(reduce(loss_terms, k_abs_loss, n * t)),
+        batch_grads={k: reduce(*scaled[k], n * t) for k in names},
     )
 
 
-def _backward_bound(problem: Problem, inputs: list[R], slopes: dict[int, R], g: R,
-                    r: Rounding) -> Grads:
-    """Error bounds of z̄_i a_iᵀ and z̄_i for every Dense layer, from the output cotangent g."""
-    out: Grads = {}
+def _backward_bound(problem: Problem, fw: _Forward, g: R, r: Rounding,
+                    n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """From the output cotangent g (rows), per parameter: (error bound, |value|) of each
+    example's contribution (N, *shape): Σ over its rows of z̄ aᵀ and z̄ (Dense), ȳ ⊙ x̂ and ȳ
+    (norms), the sum over T rows adding γ_{T−1} Σ|terms|."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     u, tiny = r.u, r.tiny
     op = r.op_rel  # operands of matrix products rounded (spec §7.4); 0 in strict modes
-    first = problem.network.dense_layers()[0][0]  # below it, no parameter needs a cotangent
-    for k in range(len(problem.network.layers) - 1, first - 1, -1):
-        layer, x = problem.network.layers[k], inputs[k]
+    layers = problem.network.layers
+    first = min(int(name.split(".")[0]) for name in problem.network.param_shapes())
+    t = g.v.shape[0] // n
+
+    def per_example(e: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        e3, v3 = e.reshape((n, t) + e.shape[1:]), np.abs(v).reshape((n, t) + v.shape[1:])
+        return e3.sum(1) + gamma(t - 1, u) * v3.sum(1), v3.sum(1)
+
+    for k in range(len(layers) - 1, first - 1, -1):
+        layer, x = layers[k], fw.inputs[k]
         if isinstance(layer, Dense):
             w = np.abs(problem.params[f"{k}.weight"])
             gv, xv = np.abs(g.v), np.abs(x.v)
-            maybe = np.einsum("no,ni->noi", r.maybe_nonzero(g), r.maybe_nonzero(x))
-            out[f"{k}.weight"] = (np.einsum("no,ni->noi", g.e, xv)
-                                  + np.einsum("no,ni->noi", gv, x.e)
-                                  + np.einsum("no,ni->noi", g.e, x.e)  # see Rounding.mul
-                                  + (u + op) * np.einsum("no,ni->noi", gv, xv) + tiny * maybe)
+            maybe = np.einsum("mo,mi->moi", r.maybe_nonzero(g), r.maybe_nonzero(x))
+            e_w = (np.einsum("mo,mi->moi", g.e, xv) + np.einsum("mo,mi->moi", gv, x.e)
+                   + np.einsum("mo,mi->moi", g.e, x.e)  # see Rounding.mul
+                   + (u + op) * np.einsum("mo,mi->moi", gv, xv) + tiny * maybe)
+            out[f"{k}.weight"] = per_example(e_w, np.einsum("mo,mi->moi", g.v, x.v))
             if layer.bias:  # a bias gradient may be a product with ones: only z̄ is rounded
-                out[f"{k}.bias"] = g.e + 0.5 * op * gv
+                out[f"{k}.bias"] = per_example(g.e + 0.5 * op * gv, g.v)
             if k == first:
                 break
             products = r.maybe_nonzero(g).astype(float) @ (w > 0)
             g = R(g.v @ problem.params[f"{k}.weight"],
                   g.e @ w + (gamma(w.shape[0], u) + op) * (gv @ w) + tiny * products)
+        elif isinstance(layer, Activation):
+            g = r.mul(g, fw.slopes[k])
+        elif isinstance(layer, Dropout):
+            g = r.mul(g, fw.scales[k])
         else:
-            g = r.mul(g, slopes[k])
+            nr = fw.norms[k]
+            gx = r.mul(g, nr.xhat)
+            out[f"{k}.weight"] = per_example(gx.e, gx.v)
+            out[f"{k}.bias"] = per_example(g.e, g.v)
+            if k == first:
+                break
+            g = _norm_backward(nr, g, problem.params[f"{k}.weight"], r)
     return {k: out[k] for k in problem.network.param_shapes()}
 
 
@@ -441,9 +684,8 @@ def tolerance(problem: Problem, dtype: str, mode: str = "strict", *, override: O
     gradients against the batch gradient (spec §2.13). ``override`` replaces the bound: one
     number for every quantity, or a dict {"loss", "grad"} of absolute tolerances.
     """
-    reference = per_example_grads(problem)  # the same for both bounds
-    b = error_bound(problem, precision(dtype, mode), reference)
-    other = b if twice else error_bound(problem, REFERENCE, reference)
+    b = error_bound(problem, precision(dtype, mode))
+    other = b if twice else error_bound(problem, REFERENCE)
     total = b + other
     if override is None:
         return total

@@ -7,7 +7,11 @@ slope given the pre-activation z and the value a = σ(z); the VJP of an elementw
 ``vjp_<op>`` on the lines right after their op. Nothing here allocates per example: there is no
 Python loop over the batch.
 
-Conventions at kinks (spec §1.5): relu'(0) = 0, the value PyTorch and JAX both use.
+Conventions at kinks (spec §1.5, §4.6): the slope of the branch z ≤ 0, so relu'(0) = 0 (PyTorch
+and JAX) and leaky_relu'(0) = LEAKY_SLOPE (PyTorch; ``jax.nn.leaky_relu`` takes 1).
+
+Rows: the losses act on rows of outputs, one row per example or, for sequences, per token; the
+normalisations act along an axis (features for LayerNorm, examples for BatchNorm).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import numpy as np
 Array = np.ndarray
 Slope = Callable[[Array, Array], Array]
 
+LEAKY_SLOPE = 0.01
+"""Negative slope of leaky_relu: the default of ``torch.nn.LeakyReLU`` and ``jax.nn.leaky_relu``."""
 SQRT_HALF = math.sqrt(0.5)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 GELU_TANH_K = math.sqrt(2.0 / math.pi)
@@ -164,6 +170,10 @@ ACTIVATIONS: dict[str, tuple[Callable[[Array], Array], Slope]] = {
     "softplus":  (softplus,                        lambda z, a: sigmoid(z)),
     "gelu":      (lambda z: z * normal_cdf(z),     lambda z, a: normal_cdf(z) + z * normal_pdf(z)),
     "gelu_tanh": (gelu_tanh,                       lambda z, a: gelu_tanh_slope(z)),
+    "leaky_relu": (lambda z: np.where(z > 0, z, LEAKY_SLOPE * z),
+                   lambda z, a: np.where(z > 0, 1.0, LEAKY_SLOPE).astype(z.dtype)),
+    "elu":       (lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0.0))),
+                  lambda z, a: np.where(z > 0, 1.0, np.exp(np.minimum(z, 0.0))).astype(z.dtype)),
 }  # fmt: skip
 
 
@@ -180,24 +190,95 @@ def vjp_dense_input(dz: Array, w: Array) -> Array:
 
 
 def vjp_dense_params_per_example(dz: Array, a: Array) -> tuple[Array, Array]:
-    """Per-example W̄_i = z̄_i a_iᵀ (N, n_out, n_in) and b̄_i = z̄_i (N, n_out)."""
-    return np.einsum("no,ni->noi", dz, a), dz
+    """Per-example W̄_i = Σ_t z̄_it a_itᵀ (N, n_out, n_in) and b̄_i = Σ_t z̄_it (N, n_out); a
+    batch of single examples has one t."""
+    n = dz.shape[0]
+    dz3, a3 = dz.reshape(n, -1, dz.shape[-1]), a.reshape(n, -1, a.shape[-1])
+    return np.einsum("nto,nti->noi", dz3, a3), dz3.sum(axis=1)
 
 
 def vjp_dense_params_batch(dz: Array, a: Array) -> tuple[Array, Array]:
-    """Batch W̄ = Δᵀ A (n_out, n_in) and b̄ = Σ_i z̄_i: the matrix form, summing over examples."""
-    return dz.T @ a, dz.sum(axis=0)
+    """Batch W̄ = Δᵀ A (n_out, n_in) and b̄ = Σ_i z̄_i: the matrix form, summing over examples
+    (and tokens)."""
+    dz2, a2 = dz.reshape(-1, dz.shape[-1]), a.reshape(-1, a.shape[-1])
+    return dz2.T @ a2, dz2.sum(axis=0)
 
 
-# -- losses: per-example values ℓ_i (N,) and ∂ℓ_i/∂f_i (N, D) --------------------------------------
+# -- normalisation (LayerNorm: axis −1, BatchNorm: axis 0) and dropout -----------------------------
+def normalize(a: Array, axis: int, eps: float) -> tuple[Array, Array]:
+    """x̂ = (a − μ)/√(v + ε) with μ, v the mean and biased variance along ``axis``; also
+    returns s = 1/√(v + ε) (kept dims) for the backward rule."""
+    mu = a.mean(axis=axis, keepdims=True)
+    d = a - mu
+    s = 1.0 / np.sqrt((d * d).mean(axis=axis, keepdims=True) + eps)
+    return d * s, s
+
+
+def vjp_normalize(dx: Array, xhat: Array, s: Array, axis: int) -> Array:
+    """ā = s (x̂̄ − mean(x̂̄) − x̂ mean(x̂̄ ⊙ x̂)), means along ``axis``: μ and v depend on
+    every element they average, which is what couples the examples in train-mode BatchNorm."""
+    return s * (dx - dx.mean(axis=axis, keepdims=True)
+                - xhat * (dx * xhat).mean(axis=axis, keepdims=True))
+
+
+def standardize(a: Array, mean: Array, var: Array, eps: float) -> tuple[Array, Array]:
+    """Eval-mode BatchNorm: x̂ = (a − μ_run)/√(v_run + ε), fixed statistics; s as above."""
+    s = 1.0 / np.sqrt(var + eps)
+    return (a - mean) * s, s  # VJP: ā = s x̂̄ (the statistics are constants)
+
+
+def affine(xhat: Array, gamma: Array, beta: Array) -> Array:
+    """y = γ ⊙ x̂ + β; VJP: x̂̄ = ȳ γ, γ̄ = Σ ȳ ⊙ x̂, β̄ = Σ ȳ (sums over examples or tokens)."""
+    return xhat * gamma + beta
+
+
+def dropout(a: Array, keep: Array, p: float) -> Array:
+    """a ⊙ m/(1 − p) for a given keep-mask m; VJP: ḡ ⊙ m/(1 − p) (the same linear map)."""
+    return a * (keep / (1.0 - p))
+
+
+# -- losses on rows: values ℓ (M,) and ∂ℓ/∂f (M, D) -----------------------------------------------
 def squared_error(out: Array, y: Array) -> Array:
-    """ℓ_i = (1/D) Σ_d (f_id − y_id)²."""
+    """ℓ = (1/D) Σ_d (f_d − y_d)²."""
     return np.mean((out - y) ** 2, axis=1)
 
 
 def vjp_squared_error(out: Array, y: Array) -> Array:
-    """∂ℓ_i/∂f_i = (2/D)(f_i − y_i)."""
+    """∂ℓ/∂f = (2/D)(f − y)."""
     return (2.0 / out.shape[1]) * (out - y)
+
+
+def bce_with_logits(z: Array, y: Array) -> Array:
+    """ℓ = (1/D) Σ_d max(z_d, 0) − z_d y_d + log(1 + e^{−|z_d|}): the stable form, finite for
+    every finite logit (the naive −y log σ(z) − (1 − y) log(1 − σ(z)) overflows)."""
+    return np.mean(np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z))), axis=1)
+
+
+def vjp_bce_with_logits(z: Array, y: Array) -> Array:
+    """∂ℓ/∂z = (σ(z) − y)/D."""
+    return (sigmoid(z) - y) / z.shape[1]
+
+
+def huber(out: Array, y: Array, delta: float) -> Array:
+    """ℓ = (1/D) Σ_d h_δ(r_d): ½r² for |r| ≤ δ, δ(|r| − ½δ) beyond (continuous slope at δ)."""
+    r = np.abs(out - y)
+    return np.mean(np.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta)), axis=1)
+
+
+def vjp_huber(out: Array, y: Array, delta: float) -> Array:
+    """∂ℓ/∂f = clip(f − y, −δ, δ)/D."""
+    return np.clip(out - y, -delta, delta) / out.shape[1]
+
+
+def gaussian_nll(out: Array, y: Array, var: Array) -> Array:
+    """ℓ = (1/D) Σ_d ½(log v_d + (f_d − y_d)²/v_d): negative when v < 1 and f ≈ y (spec §3.8)."""
+    r = out - y
+    return np.mean(0.5 * (np.log(var) + r * r / var), axis=1)
+
+
+def vjp_gaussian_nll(out: Array, y: Array, var: Array) -> Array:
+    """∂ℓ/∂f = (f − y)/(v D)."""
+    return (out - y) / (var * out.shape[1])
 
 
 def log_softmax(z: Array) -> Array:
@@ -205,19 +286,37 @@ def log_softmax(z: Array) -> Array:
     return z - m - np.log(np.sum(np.exp(z - m), axis=1, keepdims=True))
 
 
-def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
-    """ℓ_i = log Σ_k e^{z_ik} − z_{i,y_i}."""
-    return -np.take_along_axis(log_softmax(logits), labels[:, None], axis=1)[:, 0]
+def smoothed_targets(targets: Array, classes: int, smoothing: float,
+                     ignore_index: int | None) -> Array:
+    """q̃ = (1 − ε) q + ε/C per row, q = e_y for a label (a zero row when y = ignore_index, so
+    an ignored row contributes neither its label nor its smoothing term) or the given
+    probability row."""
+    if targets.dtype.kind == "f":
+        return (1.0 - smoothing) * targets + smoothing / classes
+    live = np.ones(targets.shape, bool) if ignore_index is None else targets != ignore_index
+    q = np.zeros((len(targets), classes))
+    q[np.arange(len(targets)), np.where(live, targets, 0)] = 1.0
+    return live[:, None] * ((1.0 - smoothing) * q + smoothing / classes)
 
 
-def vjp_softmax_cross_entropy(logits: Array, labels: Array) -> Array:
-    """∂ℓ_i/∂z_i = softmax(z_i) − e_{y_i}."""
-    p = np.exp(log_softmax(logits))
-    p[np.arange(len(labels)), labels] -= 1.0
-    return p
+def cross_entropy(logits: Array, q: Array, w: Array) -> Array:
+    """ℓ = −Σ_k w_k q̃_k log softmax(z)_k for smoothed targets q̃ (``smoothed_targets``) and class
+    weights w; with one-hot q̃ and w = 1 this is log Σ_k e^{z_k} − z_y."""
+    return -np.sum(w * q * log_softmax(logits), axis=1)
 
 
-LOSSES: dict[str, tuple[Callable[[Array, Array], Array], Callable[[Array, Array], Array]]] = {
+def vjp_cross_entropy(logits: Array, q: Array, w: Array) -> Array:
+    """∂ℓ/∂z = (Σ_k w_k q̃_k) softmax(z) − w ⊙ q̃ (= softmax(z) − e_y unweighted, hard label)."""
+    wq = w * q
+    return wq.sum(axis=1, keepdims=True) * np.exp(log_softmax(logits)) - wq
+
+
+LOSSES: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
     "squared_error": (squared_error, vjp_squared_error),
-    "softmax_cross_entropy": (softmax_cross_entropy, vjp_softmax_cross_entropy),
+    "bce_with_logits": (bce_with_logits, vjp_bce_with_logits),
+    "huber": (huber, vjp_huber),
+    "gaussian_nll": (gaussian_nll, vjp_gaussian_nll),
+    "softmax_cross_entropy": (cross_entropy, vjp_cross_entropy),
 }
+"""name → (ℓ(f, y, *extra), ∂ℓ/∂f(f, y, *extra)) on rows; ``reference.grads.loss_data`` supplies
+the extra data (δ, variances, class weights) and, for cross-entropy, q̃ in place of y."""

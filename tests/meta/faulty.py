@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from reference.contract import Config, Grads
-from reference.grads import batch_grad, combine, per_example_grads
+from reference.grads import batch_grad, combine, loss_data, per_example_grads
 from reference.numpy_backend import NumpyBackend
 from reference.ops import ACTIVATIONS, LOSSES
 from reference.problem import Activation, Dense, Network, Problem
@@ -305,10 +305,9 @@ class _MLP(_Faulty):
             else:
                 a = ACTIVATIONS[layer.name][0](a)
             outputs.append(a)
-        t = problem.batch.targets
-        t = t if t.dtype.kind in "iu" else t.astype(dtype)
+        t, extra = loss_data(problem, a)
         loss_fn, loss_vjp = LOSSES[problem.loss.name]
-        losses, g = loss_fn(a, t), loss_vjp(a, t)
+        losses, g = loss_fn(a, t, *extra), loss_vjp(a, t, *extra)
         grads: Grads = {}
         for k in range(len(layers) - 1, -1, -1):
             layer, x = layers[k], inputs[k]

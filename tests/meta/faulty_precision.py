@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from reference.contract import Config, Grads
+from reference.grads import loss_data
 from reference.numpy_backend import NumpyBackend
 from reference.ops import ACTIVATIONS, LOSSES
 from reference.problem import Dense, Problem
@@ -60,10 +61,9 @@ class TF32Emulation(NumpyBackend):
             else:
                 a = ACTIVATIONS[layer.name][0](a)
             outputs.append(a)
-        t = problem.batch.targets
-        t = t if t.dtype.kind in "iu" else t.astype(dtype)
+        t, extra = loss_data(problem, a)
         loss_fn, loss_vjp = LOSSES[problem.loss.name]
-        losses, g = loss_fn(a, t), loss_vjp(a, t)
+        losses, g = loss_fn(a, t, *extra), loss_vjp(a, t, *extra)
         if seed_scale is not None:
             g = seed_scale.astype(dtype)[:, None] * g
         grads: Grads = {}

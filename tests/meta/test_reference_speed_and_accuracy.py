@@ -111,20 +111,21 @@ def _problem() -> Problem:
                    Batch(rng.uniform(-2, 2, (5, 3)), rng.uniform(-2, 2, (5, 2))))
 
 
-def test_a_tolerance_computes_the_reference_per_example_gradients_once(monkeypatch):
-    """``tolerance`` adds two bounds (backend's and reference's precision); both use the
-    reference's per-example gradients, which do not depend on the precision: computed once."""
+def test_a_tolerance_needs_no_reference_gradients(monkeypatch):
+    """``tolerance`` adds two bounds (backend's and reference's precision); the bound runs on
+    its own R arithmetic (values and |terms| included), so it never calls the reference's
+    gradient routines — which would fail for coupled problems (spec §4.3)."""
     calls = []
-    real = grads.per_example_grads
 
     def counting(problem, *args, **kwargs):
         calls.append(problem)
-        return real(problem, *args, **kwargs)
+        raise AssertionError("the error bound must not need the reference's gradients")
 
-    monkeypatch.setattr(numerics, "per_example_grads", counting)
+    monkeypatch.setattr(grads, "per_example_grads", counting)
+    monkeypatch.setattr(grads, "batch_grad", counting)
     p = _problem()
     tol = tolerance(p, "float32")
-    assert len(calls) == 1
+    assert calls == []
     # and the bounds are those of computing it afresh for each precision
     fresh = (numerics.error_bound(p, numerics.precision("float32"))
              + numerics.error_bound(p, numerics.REFERENCE))
