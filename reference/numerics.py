@@ -44,6 +44,7 @@ from .ops import (
     LEAKY_SLOPE,
     SQRT_HALF,
     erfc,
+    sigmoid,
     smoothed_targets,
 )
 from .problem import NORM_EPS, Activation, Batch, BatchNorm, Dense, Dropout, LayerNorm, Problem
@@ -350,9 +351,12 @@ def _loss_and_cotangent(problem: Problem, out: R, r: Rounding) -> tuple[R, R]:
         e = out.e + 4 * r.u * (np.abs(z) + np.abs(z * y) + 1.0) + r.fn_rel * (1.0 + sp)
         elem = R(v, e + r.tiny)
         # ∂ℓ/∂z = σ(z) − y; a backward kernel may form σ(z) as 1 − σ(−z) (PyTorch's batched
-        # rule under torch.func.vmap does: 5·10⁻⁶ relative at z = −12.5), off by 2u absolute
+        # rule under torch.func.vmap does: 5·10⁻⁶ relative at z = −12.5), off by 2u absolute;
+        # autodiff of optax's −y log σ(z) − (1 − y) log σ(−z) gives −yσ(−z) + (1 − y)σ(z):
+        # each σ to ELEMENTARY_ULPS, three roundings, of terms |y|σ(−z) + |1 − y|σ(z)
         sig, _ = activation("sigmoid", out, r)
-        sig = R(sig.v, sig.e + 2 * r.u)
+        terms = np.abs(y) * sigmoid(-z) + np.abs(1.0 - y) * sig.v
+        sig = R(sig.v, sig.e + 2 * r.u + (r.fn_rel + 3 * r.u) * terms)
         return r.mul(r.sum(elem, axis=1), inv_d), r.mul(r.sub(sig, r.exact(y)), inv_d)
     if loss.name == "huber":
         delta = loss.delta
