@@ -354,9 +354,11 @@ def _loss_and_cotangent(problem: Problem, out: R, r: Rounding) -> tuple[R, R]:
         # rule under torch.func.vmap does: 5·10⁻⁶ relative at z = −12.5), off by 2u absolute;
         # autodiff of optax's −y log σ(z) − (1 − y) log σ(−z) gives −yσ(−z) + (1 − y)σ(z):
         # each σ to ELEMENTARY_ULPS, three roundings, of terms |y|σ(−z) + |1 − y|σ(z)
+        # (and PyTorch's vmap decomposition into clamp_min/exp/log gives (1 − y) − σ(−z)-like
+        # forms): every such form is ≤ 4 roundings and two σ's of terms each ≤ 1 in size
         sig, _ = activation("sigmoid", out, r)
-        terms = np.abs(y) * sigmoid(-z) + np.abs(1.0 - y) * sig.v
-        sig = R(sig.v, sig.e + 2 * r.u + (r.fn_rel + 3 * r.u) * terms)
+        terms = np.abs(y) + np.abs(1.0 - y) + sigmoid(-z) + sig.v
+        sig = R(sig.v, sig.e + (r.fn_rel + 4 * r.u) * terms)
         return r.mul(r.sum(elem, axis=1), inv_d), r.mul(r.sub(sig, r.exact(y)), inv_d)
     if loss.name == "huber":
         delta = loss.delta
