@@ -466,9 +466,11 @@ def _norm_forward(layer: LayerNorm | BatchNorm, x: R, gamma_: np.ndarray, beta: 
         xhat = R(xhat_v, prop + s_v * (e_mu + r.u * np.abs(d)) + np.abs(xhat_v) * s_rel
                  + 2 * r.u * scale + r.tiny)
     y_v = xhat.v * gamma_ + beta
+    # underflow: a kernel forming (a − μ)·(γs) may flush γs (|γs| < tiny) or (a − μ)·γs to 0
+    # (XLA on CPU flushes subnormals): ≤ tiny·(1 + |a − μ|) = tiny·(1 + |x̂|/s)
     y = R(y_v, np.abs(gamma_) * xhat.e
           + 3 * r.u * (np.abs(gamma_) * (np.abs(xhat.v) + 2 * scale) + np.abs(beta) + np.abs(y_v))
-          + r.tiny)
+          + r.tiny * (1.0 + np.abs(xhat.v) / s.v))
     return y, NormRounding(axis, xhat, s, scale)
 
 
@@ -479,9 +481,11 @@ def _norm_backward(nr: NormRounding, g: R, gamma_: np.ndarray, r: Rounding) -> R
     of size s(|x̂̄| + mean|x̂̄| + |x̂| mean|x̂̄ x̂|)·(1 + |μ|s) (formulas in X, as for the forward)."""
     dx = r.mul(g, r.exact(gamma_))
     s, xh = nr.s, nr.xhat
+    # underflow of γs (flushed when |γs| < tiny) or of ȳ·(γs): ≤ tiny·(1 + s)(|ȳ| + mean|ȳ|)
+    flush = r.tiny * (1.0 + s.v) * (np.abs(g.v) + 1.0)
     if nr.axis is None:
         out = r.mul(dx, s)
-        return R(out.v, out.e + 2 * r.u * np.abs(out.v) * nr.scale)
+        return R(out.v, out.e + 2 * r.u * np.abs(out.v) * nr.scale + flush)
     ax = nr.axis
     n = dx.v.shape[ax]
 
@@ -495,8 +499,8 @@ def _norm_backward(nr: NormRounding, g: R, gamma_: np.ndarray, r: Rounding) -> R
     prop_xh = s.v * (np.abs(m2) * xh.e + np.abs(xh.v) * mean(np.abs(dx.v) * xh.e))
     prop_s = np.abs(inner) * s.e
     shadow = s.v * (np.abs(dx.v) + mean(np.abs(dx.v)) + np.abs(xh.v) * mean(np.abs(dx.v * xh.v)))
-    return R(v, prop_dx + prop_xh + prop_s + gamma(n + 8, r.u) * shadow * nr.scale
-             + r.tiny * r.maybe_nonzero(dx))
+    flush = flush + r.tiny * (1.0 + s.v) * np.abs(g.v).mean(axis=ax, keepdims=True)
+    return R(v, prop_dx + prop_xh + prop_s + gamma(n + 8, r.u) * shadow * nr.scale + flush)
 
 
 # -- the bound for a whole problem -----------------------------------------------------------------
@@ -672,7 +676,8 @@ def _backward_bound(problem: Problem, fw: _Forward, g: R, r: Rounding,
         else:
             nr = fw.norms[k]
             gx = r.mul(g, nr.xhat)
-            out[f"{k}.weight"] = per_example(gx.e, gx.v)
+            # γ̄ may be formed as (ȳ·(a − μ))·s: an underflow before the ·s costs s·tiny
+            out[f"{k}.weight"] = per_example(gx.e + tiny * nr.s.v * r.maybe_nonzero(g), gx.v)
             out[f"{k}.bias"] = per_example(g.e, g.v)
             if k == first:
                 break

@@ -271,7 +271,7 @@ def vjp_huber(out: Array, y: Array, delta: float) -> Array:
 
 
 def gaussian_nll(out: Array, y: Array, var: Array) -> Array:
-    """ℓ = (1/D) Σ_d ½(log v_d + (f_d − y_d)²/v_d): negative when v < 1 and f ≈ y (spec §3.8)."""
+    """ℓ = (1/D) Σ_d ½(log v_d + (f_d − y_d)²/v_d): negative when v < 1 and f ≈ y (spec §3.9)."""
     r = out - y
     return np.mean(0.5 * (np.log(var) + r * r / var), axis=1)
 
