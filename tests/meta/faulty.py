@@ -31,6 +31,9 @@ each in the gallery:
   (§2.12)
 * ``tf32_in_strict_mode``     float32 matmuls with operands rounded to TF32 (10 mantissa bits)
   while certifying strict IEEE float32 (§2.1)
+* ``class_weighted_mean_over_n``, ``ignored_targets_counted``, ``smoothing_over_ignored_rows``
+  chapter 3's loss faults (§3.3, §3.4, §3.5), defined in ``faulty_losses.py`` and loaded from
+  here on first use
 
 Contract faults (spec §8.3: the contract's validation turns them into clause failures):
 
@@ -523,6 +526,20 @@ _LAZY: dict[str, Callable[[], Any]] = {"torch_mse_sum_over_elements": _torch_mse
 _built: dict[str, Any] = {}
 
 
+def _chapter3(name: str) -> Callable[[], Any]:
+    """Chapter 3's loss faults live in ``faulty_losses.py`` (which imports this module)."""
+    def load() -> Any:
+        from tests.meta import faulty_losses
+
+        return getattr(faulty_losses, name)
+    return load
+
+
+_LAZY.update({name: _chapter3(name) for name in ("class_weighted_mean_over_n",
+                                                 "ignored_targets_counted",
+                                                 "smoothing_over_ignored_rows")})
+
+
 def __getattr__(name: str) -> Any:
     """Backends that need an optional framework, built when first asked for (PEP 562)."""
     if name in _LAZY:
@@ -535,6 +552,7 @@ def __getattr__(name: str) -> Any:
 # -- the gallery: each classic bug, its backend here, and the property that catches it ---------
 CH1 = "tests/test_ch1_definitions.py::"
 CH2 = "tests/test_ch2_core.py::"
+CH3 = "tests/test_ch3_losses.py::"
 
 
 @dataclass(frozen=True)
@@ -590,12 +608,19 @@ GALLERY: tuple[Bug, ...] = (
         method="vmap"),
     Bug("TF32 matmuls in strict float32", "tf32_in_strict_mode", "2.1", MEAN,
         dtype="float32"),
+    Bug("class-weighted cross-entropy `mean` divided by N instead of Σ w[y_i]",
+        "class_weighted_mean_over_n", "3.3", CH3
+        + "test_class_weighted_cross_entropy_mean_divides_by_the_weights_of_the_kept_labels"),
+    Bug("ignored targets counted in the mean (`ignore_index` examples in the divisor)",
+        "ignored_targets_counted", "3.4",
+        CH3 + "test_ignored_rows_count_as_if_they_were_dropped_from_the_batch"),
+    Bug("label smoothing's uniform term taken over ignored rows too (pytorch#73205)",
+        "smoothing_over_ignored_rows", "3.5",
+        CH3 + "test_label_smoothing_averages_its_uniform_term_over_the_kept_labels_only"),
 )
 """The README's "Gallery of caught bugs", row by row; ``tests/meta/test_gallery.py`` checks it."""
 
 PENDING: tuple[tuple[str, str], ...] = (
-    ("ignored targets counted in the mean (`ignore_index` examples in the divisor)",
-     "chapter 3 (losses and reductions), reserved"),
     ("a penalty (weight decay, auxiliary loss) added once per micro-batch",
      "chapter 5 (accumulation and data parallelism), reserved"),
 )

@@ -1,0 +1,109 @@
+"""Deliberately wrong loss reductions (spec chapter 3): the mistakes chapter 3's properties catch.
+
+Each wraps the numpy reference backend, exactly right except for the one documented fault, and
+is loadable as ``--backend tests.meta.faulty_losses:<name>`` (and, for the gallery, as
+``tests.meta.faulty:<name>``). ``tests/meta/test_loss_faults.py`` runs each through the property
+of the clause that catches it:
+
+* ``class_weighted_mean_over_n``   class-weighted cross-entropy ``mean`` divided by N instead of
+  Σ w[y_i] (§3.3; pitfalls #6)
+* ``ignored_targets_counted``      ignored labels counted in the ``mean``'s denominator, one each,
+  as ``F.cross_entropy(..., reduction="none").mean()`` does (§3.4; pitfalls #7)
+* ``smoothing_over_ignored_rows``  label smoothing's uniform term taken over every row, ignored
+  ones included, as reported of PyTorch in pytorch/pytorch#73205 (§3.5; pitfalls #8)
+
+The fourth fault of the chapter, squared error's ``mean`` divided by N instead of N·D (§3.2), is
+``tests.meta.faulty:mse_summed_over_outputs``, already in the gallery for §2.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from reference.contract import Config, Grads
+from reference.problem import Loss, Problem
+from tests.meta.faulty import PerExample, _Faulty, _reduced
+
+
+def _labelled(problem: Problem) -> bool:
+    """Cross-entropy with integer labels on single predictions (not sequences)."""
+    return (problem.loss.name == "softmax_cross_entropy" and not problem.batch.sequence
+            and problem.batch.targets.dtype.kind in "iu")
+
+
+class ClassWeightedMeanOverN(_Faulty):
+    """Class-weighted cross-entropy under ``mean`` is Σ_i w[y_i] nll_i / N: the weights enter
+    each ℓ_i but the normaliser is the batch size (``(w[y] * nll).mean()``), not Σ w[y_i] as
+    PyTorch's ``weight=`` divides by. Right only when Σ_i w[y_i] = N."""
+
+    fault = "class-weighted mean divided by N"
+
+    def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
+        if (problem.reduction.name != "mean" or not _labelled(problem)
+                or problem.loss.class_weights is None):
+            return super().loss_and_grad(problem, config)
+        losses, grads = super().per_example(problem, config, "vmap")
+        n = problem.batch.size
+        return _reduced(problem, losses, grads, np.full(n, 1.0 / n))
+
+
+class IgnoredTargetsCounted(_Faulty):
+    """Under ``mean``, every ignored label counts one in the denominator: Σ ℓ_i / (Σ_kept w[y_i]
+    + #ignored) — N without class weights, as ``F.cross_entropy(reduction="none").mean()`` or
+    ``jnp.mean(optax_losses)`` over masked examples gives (pitfalls #16). Right when no label
+    is ignored."""
+
+    fault = "ignored labels counted in the mean"
+
+    def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
+        if (problem.reduction.name != "mean" or not _labelled(problem)
+                or problem.loss.ignore_index is None):
+            return super().loss_and_grad(problem, config)
+        losses, grads = super().per_example(problem, config, "vmap")
+        ignored = problem.batch.targets == problem.loss.ignore_index
+        total = float(problem.counts.sum()) + float(ignored.sum())
+        return _reduced(problem, losses, grads, np.full(problem.batch.size, 1.0 / total))
+
+
+class SmoothingOverIgnoredRows(_Faulty):
+    """Label smoothing's uniform term (ε/C) Σ_k w_k (−log p_ik) is added for every row, ignored
+    rows included, while the label term and the denominator skip them: the bug of
+    pytorch/pytorch#73205 ("the uniform part of the loss incorrectly takes into account ignored
+    samples"). Computed as the reference's probability targets q = e_{y_i} for kept rows and
+    q = 0 for ignored ones (so q̃ = ε/C there), reduced with the problem's own κ_i; ``per_example``
+    reports those ℓ_i and g_i too. Right when ε = 0 or no label is ignored."""
+
+    fault = "label smoothing over ignored rows"
+
+    @staticmethod
+    def _smeared(problem: Problem) -> Problem | None:
+        loss = problem.loss
+        if not _labelled(problem) or loss.ignore_index is None or loss.label_smoothing == 0:
+            return None
+        y = problem.batch.targets
+        kept = y != loss.ignore_index
+        q = np.eye(problem.network.out_features)[np.where(kept, y, 0)] * kept[:, None]
+        soft = Loss(loss.name, class_weights=loss.class_weights,
+                    label_smoothing=loss.label_smoothing)
+        return replace(problem, loss=soft, batch=replace(problem.batch, targets=q))
+
+    def per_example(self, problem: Problem, config: Config, method: str) -> PerExample:
+        smeared = self._smeared(problem)
+        return super().per_example(smeared or problem, config, method)
+
+    def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
+        smeared = self._smeared(problem)
+        if smeared is None:
+            return super().loss_and_grad(problem, config)
+        losses, grads = super().per_example(smeared, config, "vmap")
+        return _reduced(problem, losses, grads, problem.coefficients)
+
+
+class_weighted_mean_over_n = ClassWeightedMeanOverN("class_weighted_mean_over_n")
+ignored_targets_counted = IgnoredTargetsCounted("ignored_targets_counted")
+smoothing_over_ignored_rows = SmoothingOverIgnoredRows("smoothing_over_ignored_rows")
+
+BACKENDS = ("class_weighted_mean_over_n", "ignored_targets_counted", "smoothing_over_ignored_rows")
+"""The names above, for ``tests.meta.faulty``'s lazy attributes (the gallery loads them there)."""
