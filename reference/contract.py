@@ -9,6 +9,9 @@ computes with its framework's own autodiff:
 
     train(problem, config, optimizer, batches) -> {name: θ}   OPTIONAL: one step of the
                                           framework's optimiser per batch (spec chapter 6)
+    accumulate(problem, config, plan, method) -> {name: G}   OPTIONAL: gradient accumulation
+                                          over micro-batches (spec §5.1–§5.5); ``method`` one of
+                                          ``accumulation_methods()`` (default ("sum",))
 
 ``per_example`` returns g_i itself, not g_i/N (spec §1.4). ``method`` is one of the backend's
 ``per_example_methods()``, at least "vmap" (vectorised) and "loop" (one example at a time).
@@ -283,7 +286,7 @@ def checked_per_example(backend: Backend, problem: Problem, config: Config,
 
 
 # -- the optional update step (spec chapter 6) ----------------------------------------------------
-OPTIONAL = ("train",)
+OPTIONAL = ("train", "accumulate")
 """Optional contract methods: a backend without one skips the clauses that need it."""
 
 
@@ -334,4 +337,55 @@ def checked_train(backend: Backend, problem: Problem, config: Config, optimizer:
                 for k in shapes}
     except BackendError as exc:
         exc.call = call
+        raise
+
+
+# -- the optional gradient accumulation (spec §5.1–§5.5) ------------------------------------------
+def accumulation_methods(backend: Backend) -> tuple[str, ...]:
+    """The accumulators ``backend.accumulate`` offers: its ``accumulation_methods()`` if it has
+    one, else ("sum",). "sum" adds the micro-batch gradients (PyTorch ``.grad``), "average" takes
+    their running mean (``optax.MultiSteps``); see ``reference.accumulation``."""
+    if not implements(backend, "accumulate"):
+        return ()
+    methods = getattr(backend, "accumulation_methods", None)
+    return tuple(methods()) if callable(methods) else ("sum",)
+
+
+def checked_accumulate(backend: Backend, problem: Problem, config: Config, plan: Any,
+                       method: str = "sum") -> Grads:
+    """``backend.accumulate`` (optional, spec §5.1) with its answer validated like the others.
+
+    ``accumulate(problem, config, plan, method)`` differentiates, at ``problem.params``, each
+    micro-batch objective J_k = s_k L_k + t_k (λ/2)‖θ‖² of the ``reference.accumulation.
+    Accumulation`` plan (consecutive micro-batches of ``plan.sizes``, L_k reduced with
+    ``plan.reduction`` or the problem's) with the framework's autodiff, one backward pass per
+    micro-batch, and combines them with its accumulator ``method`` ("sum": G = Σ_k ∇J_k;
+    "average": the running mean of ∇(K J_k), the same G). It returns G {name: array of the
+    parameter's shape}: exactly the problem's names, every value finite, the problem unchanged.
+    A plan that does not fit the problem is the caller's error (``PlanError``), raised before the
+    backend is called.
+    """
+    from .accumulation import micro_batches  # here: reference.accumulation imports this module
+
+    micro_batches(problem, plan)  # PlanError when the plan does not fit the problem
+    call = f"accumulate(method={method!r})"
+    try:
+        if not implements(backend, "accumulate"):
+            raise BackendError(f"backend {backend.name!r} does not implement the optional "
+                               f"accumulate()")
+        if method not in accumulation_methods(backend):
+            raise BackendError(f"backend {backend.name!r} offers the accumulators "
+                               f"{accumulation_methods(backend)}, not {method!r}")
+        given = _private_copy(problem)
+        try:
+            grads = backend.accumulate(given, config, plan, method)  # type: ignore[attr-defined]
+        except (BackendError, Undefined):
+            raise
+        except Exception as exc:
+            raise BackendError(f"{_where(backend, call, config)} raised {type(exc).__name__}: "
+                               f"{exc}") from exc
+        _check_unmodified(backend, call, config, problem, given)
+        return _check_grads(backend, call, config, grads, problem.network.param_shapes(), ())
+    except BackendError as exc:
+        exc.call = "accumulate"
         raise

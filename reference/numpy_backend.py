@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .accumulation import ACCUMULATORS, Accumulation, accumulate
 from .contract import Config, Grads
 from .grads import batch_grad, per_example_grads
 from .problem import Batch, Problem
@@ -52,6 +53,15 @@ class NumpyBackend:
               batches: Sequence[Batch]) -> Grads:
         """The optional update step (spec chapter 6): ``reference.update.train`` in the dtype."""
         return train(problem, optimizer, batches, np.dtype(config.dtype))
+
+    def accumulation_methods(self) -> Sequence[str]:
+        return ACCUMULATORS
+
+    def accumulate(self, problem: Problem, config: Config, plan: Accumulation,
+                   method: str = "sum") -> Grads:
+        """The optional gradient accumulation (spec §5.1–§5.5): ``reference.accumulation.
+        accumulate`` in the dtype, with the summing or the running-mean ("average") accumulator."""
+        return accumulate(problem, plan, np.dtype(config.dtype), method)
 
 
 backend = NumpyBackend()
