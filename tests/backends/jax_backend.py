@@ -441,10 +441,12 @@ def _padded_vmap(params, net, ex, full):
     return jax.vmap(fn, in_axes=(None, None, 0))(params, net, ex)
 
 
-def _padded_single(params, net, ex, full):
-    """(ℓ, g) for one example: ``jax.value_and_grad(ℓ)``."""
+def _padded_single(params, net, ex, i, full):
+    """(ℓ, g) for example i of ``ex``: ``jax.value_and_grad(ℓ)`` of that one example (the batch
+    stays on the device; only the index changes from call to call)."""
     TRACES["padded_single" + "/full" * full] += 1
-    return jax.value_and_grad(functools.partial(_padded_loss, full=full))(params, net, ex)
+    one = Examples(*(a[i] for a in ex))
+    return jax.value_and_grad(functools.partial(_padded_loss, full=full))(params, net, one)
 
 
 def _jit(fn: Callable) -> dict[str, Callable]:
@@ -711,10 +713,10 @@ def _plain_single(params, data, *, network, loss, sequence):
 
 
 PLAIN_CACHE_LIMIT = 64
-"""The unpadded programs kept in memory at most (about that many more are compiled before the
-caches are cleared). Every problem compiles its own programs, and XLA:CPU keeps each one's code
-mapped: a chapter 3-4 session (~2,000 programs, 3.7 GB) ended in a segmentation fault inside
-XLA (twice, at the same point) before this bound."""
+"""The unpadded programs compiled between two clearings of their jit caches. Every problem
+compiles its own programs and jit keeps each executable: ``BATCHGRAD_JAX_BUCKETS=0`` on
+tests/test_ch3_losses.py and tests/test_ch4_layers.py (≈1,750 programs) grew to 3.7 GB and died
+twice in a segmentation fault inside a jitted call; bounded, it stays under 1 GB and passes."""
 _PLAIN_CLEARED = collections.Counter()
 
 
@@ -796,10 +798,10 @@ class JaxBackend:
                 if method == "vmap":
                     out = _on(PADDED_VMAP, device)(p.params, p.net, p.ex, full=p.full)
                 else:
-                    params, net = jax.device_put((p.params, p.net), device)
+                    params, net, ex = jax.device_put((p.params, p.net, p.ex), device)
                     single = _on(PADDED_SINGLE, device)
-                    out = _stack([single(params, net, Examples(*(a[i] for a in p.ex)),
-                                         full=p.full) for i in range(n)])
+                    out = _stack([single(params, net, ex, np.int32(i), full=p.full)
+                                  for i in range(n)])
                 losses, grads = jax.device_get(out)
                 return np.asarray(losses)[:n], _unpad(problem, p.layout, Params(*grads),
                                                       (slice(n),))
