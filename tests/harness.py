@@ -28,7 +28,7 @@ from reference.contract import (
     checked_per_example,
     load_backend,
 )
-from reference.grads import Grads
+from reference.grads import Grads, combine, per_example_grads
 from reference.numerics import Bound, Override, tolerance
 from reference.problem import Problem
 
@@ -275,3 +275,39 @@ def check(target: Target, problem: Problem, override: Override = None) -> Check:
     """``with check(target, problem) as c:`` counts one example for the target's clause and
     turns a contract violation inside the block into a clause failure (spec §8.3)."""
     return Check(target, problem, override)
+
+
+# -- identities several chapters check with the same comparison ----------------------------------
+BATCH_CALL = "checked_loss_and_grad(backend, problem, config)"
+PER_EXAMPLE_CALL = "checked_per_example(backend, problem, config, method)"
+
+
+def reduction_identity(c: Check) -> None:
+    """Backend L and ∇L against Σ κ_i ℓ_i and Σ κ_i g_i from the reference's per-example path
+    (spec §2.1–§2.4; the same comparison serves every reduction of chapters 3 and 4)."""
+    __tracebackhide__ = True
+    loss, grads = c.loss_and_grad()
+    ref_losses, ref_grads = per_example_grads(c.problem)
+    kappa = c.problem.coefficients
+    tol = c.tol()
+    c.close(loss, float(np.sum(kappa * ref_losses)), tol.loss, what="L",
+            call=f"{BATCH_CALL}[0]",
+            expect="float(np.sum(problem.coefficients * per_example_grads(problem)[0]))")
+    c.close(grads, combine(ref_grads, kappa), tol.batch_grads, what="∇L",
+            call=f"{BATCH_CALL}[1]",
+            expect="combine(per_example_grads(problem)[1], problem.coefficients)")
+
+
+def sub_batch_identity(c: Check, subset: list[int]) -> None:
+    """The backend's g_i computed within the sub-batch ``subset`` equal its g_i computed within
+    the whole batch (spec §2.7, §4.4): a per-example gradient ignores the other examples."""
+    __tracebackhide__ = True
+    sub = c.problem.with_batch(c.problem.batch.take(subset))
+    _, full = c.per_example()
+    _, part = c.per_example(sub)
+    tol = c.tol(twice=True)
+    c.close(part, {k: v[subset] for k, v in full.items()},
+            {k: v[subset] for k, v in tol.grads.items()}, what="g_i within a sub-batch",
+            call=f"checked_per_example(backend, problem.with_batch("
+                 f"problem.batch.take({subset})), config, method)[1]",
+            expect=f"{{k: v[{subset}] for k, v in {PER_EXAMPLE_CALL}[1].items()}}")

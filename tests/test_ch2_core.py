@@ -15,51 +15,36 @@ from hypothesis import strategies as st
 from reference.grads import combine, per_example_grads
 from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
 
-from .harness import Check, check
+from .harness import check, reduction_identity, sub_batch_identity
 from .strategies import problems
-
-
-def _reduction_identity(c: Check) -> None:
-    """Backend ∇L and L against Σ κ_i g_i and Σ κ_i ℓ_i from the reference's per-example path."""
-    __tracebackhide__ = True
-    loss, grads = c.loss_and_grad()
-    ref_losses, ref_grads = per_example_grads(c.problem)
-    kappa = c.problem.coefficients
-    tol = c.tol()
-    c.close(loss, float(np.sum(kappa * ref_losses)), tol.loss, what="L",
-            call="checked_loss_and_grad(backend, problem, config)[0]",
-            expect="np.sum(problem.coefficients * per_example_grads(problem)[0])")
-    c.close(grads, combine(ref_grads, kappa), tol.batch_grads, what="∇L",
-            call="checked_loss_and_grad(backend, problem, config)[1]",
-            expect="combine(per_example_grads(problem)[1], problem.coefficients)")
 
 
 @pytest.mark.clause("2.1")
 @given(problem=problems(reductions=("mean",)))
 def test_gradient_of_the_mean_loss_is_the_mean_of_per_example_gradients(target, problem):
     with check(target, problem) as c:
-        _reduction_identity(c)
+        reduction_identity(c)
 
 
 @pytest.mark.clause("2.2")
 @given(problem=problems(reductions=("sum",)))
 def test_gradient_of_the_summed_loss_is_the_sum_of_per_example_gradients(target, problem):
     with check(target, problem) as c:
-        _reduction_identity(c)
+        reduction_identity(c)
 
 
 @pytest.mark.clause("2.3")
 @given(problem=problems(reductions=("weighted",)))
 def test_gradient_of_a_weighted_sum_is_the_weighted_sum_of_gradients(target, problem):
     with check(target, problem) as c:
-        _reduction_identity(c)
+        reduction_identity(c)
 
 
 @pytest.mark.clause("2.4")
 @given(problem=problems(reductions=("weighted_mean",)))
 def test_gradient_of_a_weighted_mean_is_the_normalised_weighted_sum(target, problem):
     with check(target, problem) as c:
-        _reduction_identity(c)
+        reduction_identity(c)
 
 
 @pytest.mark.clause("2.5")
@@ -103,16 +88,7 @@ def test_per_example_gradient_does_not_depend_on_the_other_examples(target, meth
     subset = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=n - 1),
                               label="subset"))
     with check(target, problem) as c:
-        sub = c.problem.with_batch(c.problem.batch.take(subset))
-        _, full = c.per_example()
-        _, part = c.per_example(sub)
-        tol = c.tol(twice=True)
-        c.close(part, {k: v[subset] for k, v in full.items()},
-                {k: v[subset] for k, v in tol.grads.items()}, what="g_i within a sub-batch",
-                call=f"checked_per_example(backend, problem.with_batch("
-                     f"problem.batch.take({subset})), config, method)[1]",
-                expect=f"{{k: v[{subset}] for k, v in "
-                       f"checked_per_example(backend, problem, config, method)[1].items()}}")
+        sub_batch_identity(c, subset)
 
 
 @pytest.mark.clause("2.8")

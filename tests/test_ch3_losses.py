@@ -26,7 +26,7 @@ from reference.numerics import REFERENCE, error_bound, precision, tolerance
 from reference.ops import log_softmax
 from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
 
-from .harness import Check, check
+from .harness import Check, check, reduction_identity
 from .strategies import (
     HUBER_DELTAS,
     VARIANCE_RANGE,
@@ -130,21 +130,6 @@ def between(c: Check, backend_problem: Problem, reference_problem: Problem) -> B
     b = error_bound(backend_problem, precision(cfg.dtype, cfg.precision))
     r = error_bound(reference_problem, REFERENCE)
     return Between(b.loss + r.loss, {k: v + r.batch_grads[k] for k, v in b.batch_grads.items()})
-
-
-def backend_against_reference(c: Check) -> None:
-    """Backend L and ∇L against Σ κ_i ℓ_i and Σ κ_i g_i of the reference (per-example route)."""
-    __tracebackhide__ = True
-    loss, grads = c.loss_and_grad()
-    ref_losses, ref_grads = per_example_grads(c.problem)
-    kappa = c.problem.coefficients
-    tol = c.tol()
-    c.close(loss, float(np.sum(kappa * ref_losses)), tol.loss, what="L",
-            call="checked_loss_and_grad(backend, problem, config)[0]",
-            expect="float(np.sum(problem.coefficients * per_example_grads(problem)[0]))")
-    c.close(grads, combine(ref_grads, kappa), tol.batch_grads, what="∇L",
-            call="checked_loss_and_grad(backend, problem, config)[1]",
-            expect="combine(per_example_grads(problem)[1], problem.coefficients)")
 
 
 def per_example_against_reference(c: Check) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -648,7 +633,7 @@ def large_logit_problems(draw: st.DrawFn) -> Problem:
 @given(problem=large_logit_problems())
 def test_bce_with_logits_is_finite_and_accurate_for_logits_up_to_80(target, problem):
     with check(target, problem) as c:
-        backend_against_reference(c)
+        reduction_identity(c)
 
 
 @st.composite
@@ -670,7 +655,7 @@ def huber_at_delta_problems(draw: st.DrawFn) -> Problem:
 def test_the_huber_gradient_is_continuous_where_the_residual_meets_delta(target, method,
                                                                           problem):
     with check(target, problem) as c:
-        backend_against_reference(c)
+        reduction_identity(c)
         per_example_against_reference(c)
 
 
@@ -740,7 +725,7 @@ def test_the_identities_hold_for_losses_of_either_sign(target, problem):
         losses = per_example_losses(c.problem)
         tol = c.tol().losses
         assume(np.any(losses < -tol) and np.any(losses > tol))
-        backend_against_reference(c)
+        reduction_identity(c)
 
 
 def plus_minus_two_problem() -> Problem:
@@ -762,7 +747,7 @@ def test_losses_2_and_minus_2_average_to_0_yet_both_examples_move_the_weights(ta
     assert np.allclose(per_example_losses(p), [2.0, -2.0], rtol=0, atol=1e-14)
     with check(target, p) as c:
         per_example_against_reference(c)
-        backend_against_reference(c)
+        reduction_identity(c)
         _, g = per_example_grads(c.problem)
         _, grad = batch_grad(c.problem)
         tol = c.tol()

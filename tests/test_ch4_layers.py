@@ -32,7 +32,14 @@ from reference.problem import (
     Reduction,
 )
 
-from .harness import Check, check
+from .harness import (
+    BATCH_CALL,
+    PER_EXAMPLE_CALL,
+    Check,
+    check,
+    reduction_identity,
+    sub_batch_identity,
+)
 from .strategies import (
     PER_EXAMPLE_KINDS,
     layer_networks,
@@ -67,22 +74,6 @@ def _known_deviation(request: pytest.FixtureRequest) -> None:
 
 
 # -- the core identities, reused for every per-example layer -----------------------------------
-BATCH_CALL = "checked_loss_and_grad(backend, problem, config)"
-PER_EXAMPLE_CALL = "checked_per_example(backend, problem, config, method)"
-
-
-def _batch_identity(c: Check) -> None:
-    """Backend L and ∇L against Σ κ_i ℓ_i and Σ κ_i g_i of the reference's per-example path."""
-    __tracebackhide__ = True
-    loss, grads = c.loss_and_grad()
-    ref_losses, ref_grads = per_example_grads(c.problem)
-    kappa = c.problem.coefficients
-    tol = c.tol()
-    c.close(loss, float(np.sum(kappa * ref_losses)), tol.loss, what="L", call=f"{BATCH_CALL}[0]",
-            expect="float(np.sum(problem.coefficients * per_example_grads(problem)[0]))")
-    c.close(grads, combine(ref_grads, kappa), tol.batch_grads, what="∇L = Σ κ_i g_i",
-            call=f"{BATCH_CALL}[1]",
-            expect="combine(per_example_grads(problem)[1], problem.coefficients)")
 
 
 def _per_example_identities(c: Check) -> None:
@@ -113,7 +104,7 @@ LAYER_NORM = layer_problems(layers=PER_EXAMPLE_KINDS, require=("layer_norm",), a
 def test_with_layernorm_the_batch_gradient_is_the_reduction_of_the_per_example_gradients(
         target, problem):
     with check(target, problem) as c:
-        _batch_identity(c)
+        reduction_identity(c)
 
 
 @pytest.mark.clause("4.1")
@@ -362,7 +353,7 @@ EVAL_BN = layer_problems(layers=PER_EXAMPLE_KINDS, require=("batch_norm_eval",),
 def test_with_eval_mode_batchnorm_the_batch_gradient_is_the_reduction_of_the_per_example_gradients(
         target, problem):
     with check(target, problem) as c:
-        _batch_identity(c)
+        reduction_identity(c)
 
 
 @pytest.mark.clause("4.4")
@@ -382,15 +373,7 @@ def test_with_eval_mode_batchnorm_a_per_example_gradient_does_not_depend_on_the_
     subset = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=n - 1),
                               label="subset"))
     with check(target, problem) as c:
-        sub = c.problem.with_batch(c.problem.batch.take(subset))
-        _, full = c.per_example()
-        _, part = c.per_example(sub)
-        tol = c.tol(twice=True)
-        c.close(part, {k: v[subset] for k, v in full.items()},
-                {k: v[subset] for k, v in tol.grads.items()}, what="g_i within a sub-batch",
-                call=f"checked_per_example(backend, problem.with_batch("
-                     f"problem.batch.take({subset})), config, method)[1]",
-                expect=f"{{k: v[{subset}] for k, v in {PER_EXAMPLE_CALL}[1].items()}}")
+        sub_batch_identity(c, subset)
 
 
 # -- §4.5 dropout with the keep-masks as data ----------------------------------------------------
@@ -402,7 +385,7 @@ DROPOUT = layer_problems(layers=PER_EXAMPLE_KINDS, require=("dropout",), activat
 def test_with_dropout_masks_as_data_the_batch_gradient_is_the_reduction_of_per_example_gradients(
         target, problem):
     with check(target, problem) as c:
-        _batch_identity(c)
+        reduction_identity(c)
 
 
 @pytest.mark.clause("4.5")
