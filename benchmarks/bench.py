@@ -135,7 +135,7 @@ def section(title: str) -> None:
 
 
 def backend_object(name: str):  # noqa: ANN201
-    from tests.harness import load as load_backend
+    from batchgrad_spec.harness import load as load_backend
 
     return load_backend(name)
 
@@ -193,7 +193,7 @@ def _recording(module) -> Iterator[list[Problem]]:  # noqa: ANN001
 
 def _replay(target, problems: list[Problem]) -> dict[str, float]:  # noqa: ANN001
     """The steps of ``_reduction_identity`` one at a time, summed over ``problems`` (seconds)."""
-    from tests.harness import Check
+    from batchgrad_spec.harness import Check
 
     pc = time.perf_counter
     cfg = target.config
@@ -225,7 +225,7 @@ def _replay(target, problems: list[Problem]) -> dict[str, float]:  # noqa: ANN00
 
 def section_a(backends: list[str], examples: int, repeats: int) -> dict:
     _hypothesis_profile(examples)  # before the import: @given takes the default settings then
-    from tests import harness
+    from batchgrad_spec import harness
     from tests import test_ch2_core as ch2
 
     test = ch2.test_gradient_of_the_mean_loss_is_the_mean_of_per_example_gradients
@@ -297,7 +297,7 @@ def section_a(backends: list[str], examples: int, repeats: int) -> dict:
             print(f"jax / torch time per example, {dt}: {ratio:.2f}×"
                   f" (goal ≤ 3×); backend call alone: {j['backend_s'] / t['backend_s']:.2f}×")
     if "jax" in backends:
-        from tests.backends import jax_backend
+        from batchgrad_spec.backends import jax_backend
 
         print(f"\njax programs traced in this process: {jax_backend.backend.trace_counts()}")
     return results
@@ -398,7 +398,7 @@ def section_c(widths: list[int], batches: list[int], acts: list[str], min_time: 
               repeats: int) -> dict:
     import torch
 
-    from tests.backends import torch_backend as tb
+    from batchgrad_spec.backends import torch_backend as tb
 
     threads = sorted({1, TORCH_DEFAULT_THREADS})
     backend_threads = getattr(tb, "_THREADS", 0) or TORCH_DEFAULT_THREADS  # what the suite uses

@@ -3,7 +3,8 @@
     python -m pytest --backend examples.autograd_backend:backend
 
 This module is what a framework author writes to check a framework against the specification
-(guide: ``spec/appendix-a-writing-a-backend.md``). It is *not* a built-in (``tests/harness.py``
+(guide: ``spec/appendix-a-writing-a-backend.md``). It is *not* a built-in
+(``batchgrad_spec/harness.py``
 does not know it): the suite loads it by name like any other plugged-in backend (spec §8.2).
 
 autograd (https://github.com/HIPS/autograd) differentiates code written with ``autograd.numpy``;

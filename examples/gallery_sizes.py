@@ -1,12 +1,12 @@
 """Measure the README's "Gallery of caught bugs" table: ``python -m examples.gallery_sizes``.
 
-For every bug of ``tests.meta.faulty.GALLERY`` this runs the property test of its clause against
+For every bug of ``batchgrad_spec.faults.GALLERY`` this runs the property test of its clause against
 its faulty backend twice under the ``ci`` profile (derandomised, ``max_examples`` 100), with the
 machinery of ``tests/meta/test_gallery.py``: once without shrinking, counting the examples up to
 the first failure (what the meta-test asserts), and once with shrinking, describing the
 counterexample(s) Hypothesis reports — N, the Dense widths, activations, loss. It prints the
 table as Markdown on stdout, to paste into README.md (timings go to stderr). The figures depend
-on the strategies in ``tests/strategies.py`` and on Hypothesis's version (it prints which).
+on the strategies in ``batchgrad_spec/strategies.py`` and on Hypothesis's version (it prints which).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import time
 import hypothesis
 from hypothesis import Phase, settings
 
-from tests.meta.faulty import GALLERY, PENDING
-from tests.meta.test_faulty_backends import CI
+from batchgrad_spec.catching import CI
+from batchgrad_spec.faults import GALLERY, PENDING
 from tests.meta.test_gallery import catch, describe
 
 SHRINKING = settings(CI, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])

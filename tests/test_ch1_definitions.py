@@ -7,6 +7,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from batchgrad_spec.harness import check
+from batchgrad_spec.strategies import networks, problems
 from reference.grads import (
     batch_grad,
     finite_difference_grad,
@@ -27,9 +29,6 @@ from reference.problem import (
     ProblemError,
     Reduction,
 )
-
-from .harness import check
-from .strategies import networks, problems
 
 
 @pytest.mark.clause("1.1")

@@ -12,11 +12,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from batchgrad_spec.harness import check, reduction_identity, sub_batch_identity
+from batchgrad_spec.strategies import problems
+from batchgrad_spec.worked import WORKED_EXAMPLE, WORKED_MEAN, worked_example_problem
 from reference.grads import combine, per_example_grads
-from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
-
-from .harness import check, reduction_identity, sub_batch_identity
-from .strategies import problems
 
 
 @pytest.mark.clause("2.1")
@@ -146,24 +145,6 @@ def test_a_zero_batch_loss_does_not_imply_a_zero_gradient(target, problem):
         c.close(grads, expected, tol.batch_grads, what="∇L with L = 0",
                 call="checked_loss_and_grad(backend, problem, config)[1]",
                 expect="combine(per_example_grads(problem)[1], problem.batch.weights)")
-
-
-WORKED_EXAMPLE = (
-    np.array([1.5, -2.0, 1.1, 0.4, -0.9]),
-    np.array([1.2, 2.3, -1.1, -0.8, -0.7]),
-)
-WORKED_MEAN = np.array([1.35, 0.15, 0.0, -0.2, -0.8])
-
-
-def worked_example_problem() -> Problem:
-    """Two examples whose per-example gradients are the vectors of the seed question.
-
-    f(x) = w·x (Dense(5, 1) without bias), squared error against y = −½ at w = 0:
-    ℓ_i = (w·x_i + ½)², g_i = 2(w·x_i + ½) x_i = x_i.
-    """
-    return Problem(Network((Dense(5, 1, bias=False),)), Loss("squared_error"), Reduction("mean"),
-                   {"0.weight": np.zeros((1, 5))},
-                   Batch(np.stack(WORKED_EXAMPLE), np.full((2, 1), -0.5)))
 
 
 @pytest.mark.clause("2.11")

@@ -21,19 +21,18 @@ from hypothesis import Phase, assume, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from reference.grads import batch_grad, combine, forward, per_example_grads, per_example_losses
-from reference.numerics import REFERENCE, error_bound, precision, tolerance
-from reference.ops import log_softmax
-from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
-
-from .harness import Check, check, reduction_identity
-from .strategies import (
+from batchgrad_spec.harness import Check, check, reduction_identity
+from batchgrad_spec.strategies import (
     HUBER_DELTAS,
     VARIANCE_RANGE,
     floats,
     loss_problems,
     networks,
 )
+from reference.grads import batch_grad, combine, forward, per_example_grads, per_example_losses
+from reference.numerics import REFERENCE, error_bound, precision, tolerance
+from reference.ops import log_softmax
+from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
 
 CE = "softmax_cross_entropy"
 ELEMENTWISE = ("squared_error", "bce_with_logits", "huber", "gaussian_nll")

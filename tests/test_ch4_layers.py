@@ -17,6 +17,21 @@ import pytest
 from hypothesis import HealthCheck, assume, find, given, settings
 from hypothesis import strategies as st
 
+from batchgrad_spec.harness import (
+    BATCH_CALL,
+    PER_EXAMPLE_CALL,
+    Check,
+    check,
+    reduction_identity,
+    sub_batch_identity,
+)
+from batchgrad_spec.strategies import (
+    PER_EXAMPLE_KINDS,
+    layer_networks,
+    layer_problems,
+    networks,
+    problems,
+)
 from reference.contract import BackendError, Undefined
 from reference.grads import batch_grad, combine, forward, per_example_grads, per_example_losses
 from reference.numerics import REFERENCE, error_bound, gamma, tolerance
@@ -30,22 +45,6 @@ from reference.problem import (
     Network,
     Problem,
     Reduction,
-)
-
-from .harness import (
-    BATCH_CALL,
-    PER_EXAMPLE_CALL,
-    Check,
-    check,
-    reduction_identity,
-    sub_batch_identity,
-)
-from .strategies import (
-    PER_EXAMPLE_KINDS,
-    layer_networks,
-    layer_problems,
-    networks,
-    problems,
 )
 
 # -- known deviations ----------------------------------------------------------------------------

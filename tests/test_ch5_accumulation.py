@@ -26,6 +26,8 @@ import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
+from batchgrad_spec.harness import Check, Target
+from batchgrad_spec.strategies import loss_problems, networks, problems
 from reference.accumulation import (
     Accumulation,
     accumulate,
@@ -43,9 +45,6 @@ from reference.grads import Grads
 from reference.numerics import REFERENCE
 from reference.parallel import shards
 from reference.problem import Problem
-
-from .harness import Check, Target
-from .strategies import loss_problems, networks, problems
 
 MAX_PARTS = 4
 """Micro-batches per step: K in 1..4 (N ≤ 8 examples, ≤ 4 sequences)."""

@@ -31,11 +31,7 @@ from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from reference.grads import Grads, batch_grad
-from reference.numerics import REFERENCE, error_bound
-from reference.parallel import Plan, plan
-from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
-from tests.distributed import (
+from batchgrad_spec.distributed import (
     WORLD_SIZE,
     Engine,
     EngineError,
@@ -44,9 +40,12 @@ from tests.distributed import (
     engine_for,
     shutdown,
 )
-
-from .harness import Check, Target
-from .strategies import loss_problems, problems
+from batchgrad_spec.harness import Check, Target
+from batchgrad_spec.strategies import loss_problems, problems
+from reference.grads import Grads, batch_grad
+from reference.numerics import REFERENCE, error_bound
+from reference.parallel import Plan, plan
+from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
 
 R = WORLD_SIZE
 
@@ -155,7 +154,7 @@ class DPCheck(Check):
             f"repository root",
             "from reference import *",
             "from reference.parallel import *",
-            "from tests.distributed import Job, engine_for",
+            "from batchgrad_spec.distributed import Job, engine_for",
             f"problem = {self.problem!r}",
             f"observed = {call}",
             f"expected = {expect}",

@@ -5,7 +5,7 @@ optimiser objects (``torch.optim``, ``optax``), one step per batch, and returns 
 parameters; backends without it skip this chapter (one line says so). Each step is compared with
 the reference's update (``reference.update``) from the parameters the backend itself reached, under
 the derived tolerance of ``reference.numerics.update_tolerance`` (the chapter-7 gradient bound
-propagated through the update and the optimiser state); see ``tests/updates.py``.
+propagated through the update and the optimiser state); see ``batchgrad_spec/updates.py``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from reference.contract import implements
-from reference.grads import Grads, batch_grad, per_example_grads
-from reference.numerics import REFERENCE, error_bound, update_tolerance
-from reference.update import Optimizer, sgd_decoupled_step, train
-
-from .strategies import networks, problems
-from .updates import (
+from batchgrad_spec.strategies import networks, problems
+from batchgrad_spec.updates import (
     SMOOTH,
     UpdateCheck,
     gentle,
@@ -35,6 +30,10 @@ from .updates import (
     singles,
     whole,
 )
+from reference.contract import implements
+from reference.grads import Grads, batch_grad, per_example_grads
+from reference.numerics import REFERENCE, error_bound, update_tolerance
+from reference.update import Optimizer, sgd_decoupled_step, train
 
 TRAINING_CLAUSES = {"6.1", "6.2", "6.3", "6.4", "6.5", "6.6"}
 """Clauses that need the optional ``train``; §6.7 uses it only where the backend has it."""

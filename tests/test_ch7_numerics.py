@@ -20,6 +20,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import reference.numerics as numerics
+from batchgrad_spec import harness
+from batchgrad_spec.harness import Check, ClauseFailure, Target, check
+from batchgrad_spec.plugin import selected_backends
+from batchgrad_spec.strategies import networks, problems
 from reference.contract import Config
 from reference.grads import batch_grad, forward, per_example_grads
 from reference.numerics import (
@@ -44,11 +48,6 @@ from reference.problem import (
     Problem,
     Reduction,
 )
-
-from . import harness
-from .harness import Check, ClauseFailure, Target, check
-from .plugin import selected_backends
-from .strategies import networks, problems
 
 U32 = PRECISIONS[("float32", "strict")].u
 
@@ -442,7 +441,7 @@ def _framework_activation(framework: str, name: str):
     """(σ, σ') of the framework's own kernel for ``name``, float32 numpy in and out."""
     if framework == "torch":
         torch = pytest.importorskip("torch")
-        from tests.backends.torch_backend import _activation
+        from batchgrad_spec.backends.torch_backend import _activation
 
         module = _activation(name, "float32")
 
@@ -453,7 +452,7 @@ def _framework_activation(framework: str, name: str):
             return y.detach().numpy(), t.grad.numpy()
         return run
     jax = pytest.importorskip("jax")
-    from tests.backends import jax_backend
+    from batchgrad_spec.backends import jax_backend
 
     fn = jax_backend.ACTIVATIONS[name]
     value_and_slope = jax.jit(jax.vmap(jax.value_and_grad(fn)))

@@ -8,6 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from batchgrad_spec.harness import BUILTINS, check
+from batchgrad_spec.resources import ROOT
+from batchgrad_spec.worked import worked_example_problem
 from reference.contract import (
     Backend,
     BackendError,
@@ -17,9 +20,6 @@ from reference.contract import (
     load_backend,
 )
 from reference.numpy_backend import NumpyBackend
-
-from .harness import BUILTINS, ROOT, check
-from .test_ch2_core import worked_example_problem
 
 
 @pytest.mark.clause("8.1")
@@ -99,7 +99,7 @@ def test_contract_violations_are_clear_errors(fault, message):
 def test_device_discovery_does_not_initialise_cuda():
     """Importing the torch backend and asking for its devices must not initialise CUDA."""
     pytest.importorskip("torch")
-    code = ("import torch, tests.backends.torch_backend as t; t.backend.devices(); "
+    code = ("import torch, batchgrad_spec.backends.torch_backend as t; t.backend.devices(); "
             "assert not torch.cuda.is_initialized(), 'CUDA initialised'")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)

@@ -1,5 +1,5 @@
 """Spec §5.1–§5.4 catch wrong gradient accumulation, each bug by its clause (faulty backends of
-``tests/meta/faulty_accumulation.py``), with the machinery of ``test_faulty_backends.py``: the
+``batchgrad_spec/faults/accumulation.py``), with the machinery of ``test_faulty_backends.py``: the
 property is run under the ``ci`` profile (derandomised, at most 100 examples) and must fail with a
 ``ClauseFailure`` of the expected clause, naming the backend and dtype and carrying the repro
 snippet, while the correct ``numpy`` backend passes the same property under the same profile —
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
+from batchgrad_spec.catching import MAX_EXAMPLES, leaves, make_target, run_property
+from batchgrad_spec.harness import ClauseFailure
 from tests import test_ch5_accumulation as ch5
-from tests.harness import ClauseFailure
-from tests.meta.test_faulty_backends import MAX_EXAMPLES, leaves, make_target, run_property
 
 pytestmark = pytest.mark.meta
 
@@ -23,7 +23,7 @@ T5_4 = ch5.test_an_l2_penalty_added_once_per_step_contributes_lambda_theta_whate
 
 def _caught(fault: str, test, clause: str, dtype: str, message: str) -> int:
     __tracebackhide__ = True
-    target = make_target(f"tests.meta.faulty_accumulation:{fault}", clause, dtype, None)
+    target = make_target(f"batchgrad_spec.faults.accumulation:{fault}", clause, dtype, None)
     out = run_property(test, target)
     assert out.error is not None, f"{fault} passed §{clause} on {dtype} ({out.calls} examples)"
     failures = leaves(out.error)

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.harness import ROOT
+from batchgrad_spec.resources import ROOT
 
 pytestmark = pytest.mark.meta
 
@@ -54,8 +54,8 @@ def test_unknown_backend_is_a_usage_error_naming_the_builtins():
 @pytest.mark.clause("8.2")
 def test_an_object_lacking_the_contract_is_a_usage_error_naming_what_is_missing():
     out = assert_usage_error_before_tests(
-        run_pytest("--backend", "tests.meta.faulty:not_a_backend", "-k", MEAN_TEST))
-    assert ("backend 'tests.meta.faulty:not_a_backend' (NotABackend) does not implement the "
+        run_pytest("--backend", "batchgrad_spec.faults:not_a_backend", "-k", MEAN_TEST))
+    assert ("backend 'batchgrad_spec.faults:not_a_backend' (NotABackend) does not implement the "
             "contract: missing devices, dtypes, per_example_methods, per_example") in out, out
 
 
@@ -80,7 +80,7 @@ def reproductions(out: str, clause: str) -> list[str]:
 def test_a_plugged_in_backend_failing_a_clause_gets_a_report_and_a_runnable_repro():
     # mean_over_n_minus_1 is loaded by 'module:attribute' (§8.2) and fails §2.1 twice over:
     # N = 1 gives a non-finite answer (§8.3), N = 2 a wrong one; Hypothesis reports both.
-    run = run_pytest("--backend", "tests.meta.faulty:mean_over_n_minus_1", "-k", MEAN_TEST,
+    run = run_pytest("--backend", "batchgrad_spec.faults:mean_over_n_minus_1", "-k", MEAN_TEST,
                      "-x", "--hypothesis-profile", "ci")
     out = output(run)
     assert run.returncode == pytest.ExitCode.TESTS_FAILED, out
@@ -88,7 +88,7 @@ def test_a_plugged_in_backend_failing_a_clause_gets_a_report_and_a_runnable_repr
     for text in ("§2.1 The gradient of the mean loss is the mean of the per-example gradients",
                  "backend=mean_over_n_minus_1 ", "device=cpu", "dtype=float64", "tolerance",
                  "# Reproduce §2.1 on mean_over_n_minus_1-cpu-float64",
-                 "backend = load('tests.meta.faulty:mean_over_n_minus_1')"):
+                 "backend = load('batchgrad_spec.faults:mean_over_n_minus_1')"):
         assert text in out, f"{text!r} missing from:\n{out}"
     assert re.search(r"(∇L\['\d+\.(weight|bias)'\]|\n\W*L) \(shape", out), out  # what differed
     assert ("the backend broke the contract: backend 'mean_over_n_minus_1' loss_and_grad on "
@@ -108,17 +108,17 @@ def test_a_backend_that_raises_fails_the_clause_with_a_message_naming_the_call()
     # The worked example (§2.11) is a plain test, without Hypothesis's shrinking and explaining
     # (which take ~10 s on a backend that always fails); the test above shows a contract breach
     # inside a Hypothesis property. per_example is right here; loss_and_grad raises.
-    run = run_pytest("--backend", "tests.meta.faulty:raises", "-k", "worked_example and vmap")
+    run = run_pytest("--backend", "batchgrad_spec.faults:raises", "-k", "worked_example and vmap")
     out = output(run)
     assert run.returncode == pytest.ExitCode.TESTS_FAILED, out
     assert "1 failed" in out, out
     # The failure is the clause failure saying what the backend did and the line inside the
     # backend that raised; no chained traceback from inside the harness or the contract.
-    headline = out.index("tests.harness.ClauseFailure: §2.11 The worked example")
+    headline = out.index("batchgrad_spec.harness.ClauseFailure: §2.11 The worked example")
     assert "The above exception was the direct cause" not in out, out
     assert "reference/contract.py" not in out, out
     report = out[headline:]
-    assert "raised at " in report and "faulty.py" in report, report
+    assert "raised at " in report and "faults/core.py" in report, report
     assert "backend=raises " in report and "dtype=float64" in report, report
     assert "method=vmap" in report, report
     assert ("the backend broke the contract: backend 'raises' loss_and_grad on "

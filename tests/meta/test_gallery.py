@@ -1,7 +1,8 @@
 """The gallery of caught bugs: each classic bug of ``faulty.GALLERY`` is caught by its clause.
 
 For each entry, the property test of its clause is run against the faulty backend (a small wrapper
-of a real backend, ``--backend tests.meta.faulty:<name>``) under the ``ci`` profile — derandomised,
+of a real backend, ``--backend batchgrad_spec.faults:<name>``) under the ``ci`` profile —
+derandomised,
 ``max_examples`` 100 — with the machinery of ``test_faulty_backends.py``. Each case asserts that
 
 * the property fails, and every failure is a ``ClauseFailure`` of the expected clause whose message
@@ -26,15 +27,16 @@ from typing import Any
 
 import pytest
 
-from tests.harness import ROOT, ClauseFailure
-from tests.meta.faulty import GALLERY, PENDING, Bug
-from tests.meta.test_faulty_backends import (
+from batchgrad_spec.catching import (
     MAX_EXAMPLES,
     assert_correct_backend_passes,
     leaves,
     make_target,
     run_property,
 )
+from batchgrad_spec.faults import GALLERY, PENDING, Bug
+from batchgrad_spec.harness import ClauseFailure
+from batchgrad_spec.resources import ROOT
 
 pytestmark = pytest.mark.meta
 
@@ -77,7 +79,7 @@ def catch(bug: Bug, **kwargs: Any) -> tuple[Any, list[ClauseFailure]]:
     if bug.needs:
         pytest.importorskip(bug.needs)
     test = property_test(bug)
-    target = make_target(f"tests.meta.faulty:{bug.backend}", bug.clause, bug.dtype, bug.method)
+    target = make_target(f"batchgrad_spec.faults:{bug.backend}", bug.clause, bug.dtype, bug.method)
     out = run_property(test, target, **kwargs)
     assert out.error is not None, (
         f"{bug.backend} passed §{bug.clause} on {bug.dtype} ({out.calls} examples)")
@@ -100,7 +102,7 @@ def test_every_gallery_bug_is_caught_by_its_clause(bug):
     out, failures = catch(bug)
     print(f"\n{bug.backend:<29} {bug.dtype:<8} caught by §{bug.clause:<4} at example "
           f"{out.first_failure:>3} of <= {MAX_EXAMPLES}: {describe(out.failing[0])}", end="")
-    target = make_target(f"tests.meta.faulty:{bug.backend}", bug.clause, bug.dtype, bug.method)
+    target = make_target(f"batchgrad_spec.faults:{bug.backend}", bug.clause, bug.dtype, bug.method)
     assert_correct_backend_passes(property_test(bug), target,
                                   out.tried + out.failing[-len(failures):])
     listed = readme_gallery()

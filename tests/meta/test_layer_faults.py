@@ -1,4 +1,4 @@
-"""The chapter-4 properties catch the chapter-4 faults (``tests/meta/faulty_layers.py``).
+"""The chapter-4 properties catch the chapter-4 faults (``batchgrad_spec/faults/layers.py``).
 
 As ``test_faulty_backends.py`` does for chapter 2: each property test is re-run under the ``ci``
 settings (derandomised, at most 100 examples, no shrinking) against a faulty backend; it must fail
@@ -19,11 +19,11 @@ import pytest
 from hypothesis import Phase, example, given, settings
 from hypothesis.errors import UnsatisfiedAssumption
 
+from batchgrad_spec import harness
+from batchgrad_spec.catching import CI, MAX_EXAMPLES, Outcome, leaves, make_target
+from batchgrad_spec.harness import ClauseFailure, Target
 from reference.problem import Problem
-from tests import harness
 from tests import test_ch4_layers as ch4
-from tests.harness import ClauseFailure, Target
-from tests.meta.test_faulty_backends import CI, MAX_EXAMPLES, Outcome, leaves, make_target
 
 pytestmark = pytest.mark.meta
 
@@ -92,10 +92,10 @@ def assert_correct_backend_passes(test: Any, faulty: Target, problems: list[Prob
 
 def assert_caught(fault: str, test: Any, clause: str, dtype: str, method: str | None,
                   message: tuple[str, ...]) -> list[ClauseFailure]:
-    """``test`` against ``tests.meta.faulty_layers:<fault>`` fails with §``clause`` within the
+    """``test`` against ``batchgrad_spec.faults.layers:<fault>`` fails with §``clause`` within the
     ci profile, one failure saying one of ``message``; numpy passes the examples tried."""
     __tracebackhide__ = True
-    target = make_target(f"tests.meta.faulty_layers:{fault}", clause, dtype, method)
+    target = make_target(f"batchgrad_spec.faults.layers:{fault}", clause, dtype, method)
     out = run_property(test, target)
     assert out.error is not None, (
         f"{fault} passed §{clause} on {dtype} {method or ''} ({out.calls} examples)")

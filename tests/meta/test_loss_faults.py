@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from tests import test_ch3_losses as ch3
-from tests.harness import ClauseFailure
-from tests.meta.test_faulty_backends import (
+from batchgrad_spec.catching import (
     MAX_EXAMPLES,
     assert_correct_backend_passes,
     leaves,
     make_target,
     run_property,
 )
+from batchgrad_spec.harness import ClauseFailure
+from tests import test_ch3_losses as ch3
 
 pytestmark = pytest.mark.meta
 
@@ -32,19 +32,19 @@ DTYPES = ["float64", "float32"]
 CASES: dict[str, tuple[str, Callable[..., Any], str, tuple[str, ...]]] = {
     # backend: (module, property, clause, one of these must appear in a failure)
     "class_weighted_mean_over_n": (
-        "tests.meta.faulty_losses",
+        "batchgrad_spec.faults.losses",
         ch3.test_class_weighted_cross_entropy_mean_divides_by_the_weights_of_the_kept_labels,
         "3.3", ("L = Σ w[y_i] nll_i / Σ_kept w[y_i]", "∇L = Σ g_i / Σ_kept w[y_i]")),
     "ignored_targets_counted": (
-        "tests.meta.faulty_losses",
+        "batchgrad_spec.faults.losses",
         ch3.test_ignored_rows_count_as_if_they_were_dropped_from_the_batch,
         "3.4", ("ignored vs dropped",)),
     "smoothing_over_ignored_rows": (
-        "tests.meta.faulty_losses",
+        "batchgrad_spec.faults.losses",
         ch3.test_label_smoothing_averages_its_uniform_term_over_the_kept_labels_only,
         "3.5", ("L = Σ_kept [(1−ε) w[y_i] nll_i", "\n  ∇L[")),
     "mse_summed_over_outputs": (
-        "tests.meta.faulty",
+        "batchgrad_spec.faults",
         ch3.test_the_mean_of_an_elementwise_loss_divides_by_n_times_d,
         "3.2", ("L = Σ_i Σ_d ℓ_id / (N·D)", "∇L = (1/N) Σ g_i")),
 }

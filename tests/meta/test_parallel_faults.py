@@ -9,7 +9,8 @@ The property tests of ``tests/test_ch5_parallel.py`` are run, under the ``ci`` p
 * ``unweighted_average``: the count-weighted scheme averages the ranks' means with equal
   weights 1/R, whatever the shard sizes; §5.7's property must fail.
 
-The fault is injected into the combination step of ``tests.distributed.SimulatedEngine`` (the
+The fault is injected into the combination step of ``batchgrad_spec.distributed.SimulatedEngine``
+(the
 numpy reference on each shard, combined in the dtype), so these run with the numpy backend alone
 (``tox -e numpy``); where torch is installed the same faults are also injected into the real gloo
 cluster, as a scheme swapped on its way to the workers. Each case asserts that the property fails
@@ -30,12 +31,13 @@ from typing import Any
 import pytest
 from hypothesis import Phase, given, settings
 
+from batchgrad_spec import harness
+from batchgrad_spec.distributed import Engine, Job, SimulatedEngine, _scales, engine_for, shutdown
+from batchgrad_spec.harness import ClauseFailure, Target
 from reference.contract import Config
 from reference.parallel import rank_mean_scales, summed_scales
 from reference.problem import Problem
-from tests import harness, test_ch5_parallel
-from tests.distributed import Engine, Job, SimulatedEngine, _scales, engine_for, shutdown
-from tests.harness import ClauseFailure, Target
+from tests import test_ch5_parallel
 
 pytestmark = pytest.mark.meta
 

@@ -1,6 +1,7 @@
 """§7.4: a result is certified for the precision mode it was checked in.
 
-``tests.meta.faulty_precision:tf32_emulation`` computes float32 with TF32 matrix products (what a
+``batchgrad_spec.faults.precision:tf32_emulation`` computes float32 with TF32 matrix products (what
+a
 GPU does with ``allow_tf32 = True``). Under the strict float32 tolerance it must fail the mean
 identity §2.1 — strict mode catches TF32 — and under the ``tf32`` tolerance it must pass the
 same property on the same (derandomised) examples: the tf32 bound of ``reference/numerics.py``
@@ -15,18 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from batchgrad_spec import harness
+from batchgrad_spec.catching import MAX_EXAMPLES, leaves, run_property
+from batchgrad_spec.faults.precision import round_to_tf32
+from batchgrad_spec.harness import ClauseFailure, Target
 from reference.contract import Config
 from reference.numerics import PRECISIONS, TF32_U, R, Rounding, gamma
-from tests import harness, test_ch2_core
-from tests.harness import ClauseFailure, Target
-from tests.meta.faulty_precision import round_to_tf32
-from tests.meta.test_faulty_backends import MAX_EXAMPLES, leaves, run_property
+from tests import test_ch2_core
 
 pytestmark = pytest.mark.meta
 
 T2_1 = test_ch2_core.test_gradient_of_the_mean_loss_is_the_mean_of_per_example_gradients
 T2_12 = test_ch2_core.test_backend_per_example_gradients_match_the_reference
-SPEC = "tests.meta.faulty_precision:tf32_emulation"
+SPEC = "batchgrad_spec.faults.precision:tf32_emulation"
 
 
 def _target(mode: str, clause: str, method: str | None = None) -> Target:

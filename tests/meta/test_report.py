@@ -2,7 +2,7 @@
 
 The command-line tests run pytest in a subprocess from the repository root, as a user would,
 on small selections of ``tests/test_ch2_core.py`` (a few seconds each): the correct ``numpy``
-backend, and ``tests.meta.faulty:mean_over_n_minus_1``, which breaks §2.1 and nothing else
+backend, and ``batchgrad_spec.faults:mean_over_n_minus_1``, which breaks §2.1 and nothing else
 that is selected here. Runs that several tests read are made once per module.
 """
 
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from batchgrad_spec.report import Deviation, XfailsError, aggregate, markdown, merge, parse_xfails
+from batchgrad_spec.resources import ROOT
 from reference import SPEC_VERSION
-from tests.harness import ROOT
-from tests.report import Deviation, XfailsError, aggregate, markdown, merge, parse_xfails
 
 pytestmark = [pytest.mark.meta, pytest.mark.clause("8.5")]
 
-FAULTY = "tests.meta.faulty:mean_over_n_minus_1"
+FAULTY = "batchgrad_spec.faults:mean_over_n_minus_1"
 MEAN = "test_gradient_of_the_mean_loss_is_the_mean_of_per_example_gradients"
 SUM = "test_gradient_of_the_summed_loss_is_the_sum_of_per_example_gradients"
 WORKED = "test_worked_example_gradients_average_componentwise"
@@ -125,7 +125,7 @@ def test_the_header_prints_backends_versions_profile_and_seed(numpy_run, faulty_
 def test_records_merge_into_a_matrix_with_a_fail_cell_and_a_heatmap(numpy_run, faulty_run,
                                                                      tmp_path):
     out = tmp_path / "matrix"
-    r = run("-m", "tests.report", "merge", str(numpy_run[1]), str(faulty_run[1]), "--out",
+    r = run("-m", "batchgrad_spec.report", "merge", str(numpy_run[1]), str(faulty_run[1]), "--out",
             str(out))
     assert r.returncode == 0, output(r)
     matrix = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))

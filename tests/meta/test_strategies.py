@@ -15,6 +15,17 @@ import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis.errors import InvalidArgument, NonInteractiveExampleWarning
 
+from batchgrad_spec.strategies import (
+    MAX_BATCH,
+    MAX_DEPTH,
+    MAX_WIDTH,
+    batches,
+    floats,
+    networks,
+    parameters,
+    problems,
+    reductions,
+)
 from reference.grads import batch_grad, forward, per_example_grads
 from reference.ops import ACTIVATIONS
 from reference.problem import (
@@ -28,17 +39,6 @@ from reference.problem import (
     Network,
     Problem,
     Reduction,
-)
-from tests.strategies import (
-    MAX_BATCH,
-    MAX_DEPTH,
-    MAX_WIDTH,
-    batches,
-    floats,
-    networks,
-    parameters,
-    problems,
-    reductions,
 )
 
 pytestmark = pytest.mark.meta
@@ -288,17 +288,17 @@ def test_drawn_values_are_finite_and_bounded(problem):
         assert np.max(np.abs(batch[name])) <= kappa * b["grads"][name] * (1 + 1e-12), name
 
 
-# -- chapter 4: layers (spec §4.1–§4.7; tests/strategies.py, section "chapter 4: layers") --------
-from reference.contract import Undefined  # noqa: E402
-from reference.problem import CORE_ACTIVATIONS as _CORE_ACTS  # noqa: E402
-from reference.problem import BatchNorm, Dropout, LayerNorm  # noqa: E402
-from tests.strategies import (  # noqa: E402
+# -- chapter 4: layers (spec §4.1–§4.7; batchgrad_spec/strategies.py, section "chapter 4: layers") -
+from batchgrad_spec.strategies import (  # noqa: E402
     LAYER_KINDS,
     MAX_DROPOUT_P,
     MIN_RUNNING_VAR,
     layer_networks,
     layer_problems,
 )
+from reference.contract import Undefined  # noqa: E402
+from reference.problem import CORE_ACTIVATIONS as _CORE_ACTS  # noqa: E402
+from reference.problem import BatchNorm, Dropout, LayerNorm  # noqa: E402
 
 
 def _kinds(net: Network) -> set[str]:
@@ -428,10 +428,8 @@ def test_default_strategies_draw_no_chapter_4_layer_or_activation(problem):
     assert set(problem.params) == set(problem.network.param_shapes())
 
 
-# -- chapter 3: losses (spec §3.1–§3.9; tests/strategies.py, section "chapter 3: losses") -------
-from reference.grads import per_example_losses  # noqa: E402
-from reference.problem import LOSS_NAMES as _LOSS_NAMES  # noqa: E402
-from tests.strategies import (  # noqa: E402
+# -- chapter 3: losses (spec §3.1–§3.9; batchgrad_spec/strategies.py, section "chapter 3: losses") -
+from batchgrad_spec.strategies import (  # noqa: E402
     CLASS_WEIGHTS,
     HUBER_DELTAS,
     IGNORE_INDEX,
@@ -442,6 +440,8 @@ from tests.strategies import (  # noqa: E402
     losses,
     sequence_batches,
 )
+from reference.grads import per_example_losses  # noqa: E402
+from reference.problem import LOSS_NAMES as _LOSS_NAMES  # noqa: E402
 
 _CE = "softmax_cross_entropy"
 _SEQ_NET = Network((Dense(1, 2),))

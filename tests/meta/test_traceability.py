@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, SPEC, clauses
+from batchgrad_spec.harness import clauses
+from batchgrad_spec.resources import ROOT, SPEC
 
 pytestmark = [pytest.mark.meta, pytest.mark.clause("8.4")]
 

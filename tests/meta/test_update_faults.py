@@ -1,5 +1,6 @@
 """Chapter 6 catches wrong update steps, each by its clause (faulty backends of
-``tests/meta/faulty_update.py``), with the machinery of ``test_faulty_backends.py``: the property
+``batchgrad_spec/faults/update.py``), with the machinery of ``test_faulty_backends.py``: the
+property
 is run under the ``ci`` profile (derandomised, at most 100 examples) and must fail with a
 ``ClauseFailure`` of the expected clause, while the correct ``numpy`` backend passes the same
 property under the same profile — the same examples, which do not depend on the backend.
@@ -11,14 +12,14 @@ from dataclasses import replace
 
 import pytest
 
-from tests import test_ch6_update
-from tests.harness import ClauseFailure
-from tests.meta.test_faulty_backends import (
+from batchgrad_spec.catching import (
     MAX_EXAMPLES,
     leaves,
     make_target,
     run_property,
 )
+from batchgrad_spec.harness import ClauseFailure
+from tests import test_ch6_update
 
 pytestmark = pytest.mark.meta
 
@@ -30,7 +31,7 @@ T6_6 = test_ch6_update.test_the_step_counter_advances_once_per_optimiser_step
 def _caught(fault: str, test, clause: str, dtype: str, precision: str = "strict",
             control: str = "numpy") -> int:
     __tracebackhide__ = True
-    target = make_target(f"tests.meta.faulty_update:{fault}", clause, dtype, None)
+    target = make_target(f"batchgrad_spec.faults.update:{fault}", clause, dtype, None)
     target = replace(target, config=replace(target.config, precision=precision))
     out = run_property(test, target)
     assert out.error is not None, f"{fault} passed §{clause} on {dtype} ({out.calls} examples)"

@@ -14,7 +14,7 @@ in one way, as real training loops have been:
 * ``penalty_per_micro_batch``     the L2 penalty (λ/2)‖θ‖² added to every micro-batch's loss when
   the plan adds it once per step: Kλθ instead of λθ (pitfalls #15: keras#19990); caught by §5.4
 
-Loadable as ``--backend tests.meta.faulty_accumulation:<name>``;
+Loadable as ``--backend batchgrad_spec.faults.accumulation:<name>``;
 ``tests/meta/test_accumulation_faults.py`` checks that each is caught by its clause.
 """
 

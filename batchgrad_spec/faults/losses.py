@@ -1,8 +1,8 @@
 """Deliberately wrong loss reductions (spec chapter 3): the mistakes chapter 3's properties catch.
 
 Each wraps the numpy reference backend, exactly right except for the one documented fault, and
-is loadable as ``--backend tests.meta.faulty_losses:<name>`` (and, for the gallery, as
-``tests.meta.faulty:<name>``). ``tests/meta/test_loss_faults.py`` runs each through the property
+is loadable as ``--backend batchgrad_spec.faults.losses:<name>`` (and, for the gallery, as
+``batchgrad_spec.faults:<name>``). ``tests/meta/test_loss_faults.py`` runs each through the property
 of the clause that catches it:
 
 * ``class_weighted_mean_over_n``   class-weighted cross-entropy ``mean`` divided by N instead of
@@ -13,7 +13,7 @@ of the clause that catches it:
   ones included, as reported of PyTorch in pytorch/pytorch#73205 (§3.5; pitfalls #8)
 
 The fourth fault of the chapter, squared error's ``mean`` divided by N instead of N·D (§3.2), is
-``tests.meta.faulty:mse_summed_over_outputs``, already in the gallery for §2.1.
+``batchgrad_spec.faults:mse_summed_over_outputs``, already in the gallery for §2.1.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import replace
 
 import numpy as np
 
+from batchgrad_spec.faults.core import PerExample, _Faulty, _reduced
 from reference.contract import Config, Grads
 from reference.problem import Loss, Problem
-from tests.meta.faulty import PerExample, _Faulty, _reduced
 
 
 def _labelled(problem: Problem) -> bool:
@@ -106,4 +106,5 @@ ignored_targets_counted = IgnoredTargetsCounted("ignored_targets_counted")
 smoothing_over_ignored_rows = SmoothingOverIgnoredRows("smoothing_over_ignored_rows")
 
 BACKENDS = ("class_weighted_mean_over_n", "ignored_targets_counted", "smoothing_over_ignored_rows")
-"""The names above, for ``tests.meta.faulty``'s lazy attributes (the gallery loads them there)."""
+"""The names above, for ``batchgrad_spec.faults``'s lazy attributes (the gallery loads them
+there)."""

@@ -7,7 +7,7 @@
   for the strict float32 tolerance and right for the ``tf32`` one:
   ``tests/meta/test_precision_modes.py`` checks both.
 
-Loadable as ``--backend tests.meta.faulty_precision:tf32_emulation`` (run it with
+Loadable as ``--backend batchgrad_spec.faults.precision:tf32_emulation`` (run it with
 ``--precision tf32`` to see it pass).
 """
 
@@ -17,18 +17,18 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from batchgrad_spec.faults.core import tf32
 from reference.contract import Config, Grads
 from reference.grads import loss_data
 from reference.numpy_backend import NumpyBackend
 from reference.ops import ACTIVATIONS, LOSSES
 from reference.problem import Dense, Problem
-from tests.meta.faulty import tf32
 
 PerExample = tuple[np.ndarray, Grads]
 
 
 round_to_tf32 = tf32
-"""float32 → TF32, round to nearest with ties away from zero (``tests.meta.faulty.tf32``, shared
+"""float32 → TF32, round to nearest with ties away from zero (``batchgrad_spec.faults.tf32``, shared
 with the gallery's ``tf32_in_strict_mode``). Relative error ≤ 2⁻¹¹; float32's exponent range."""
 
 

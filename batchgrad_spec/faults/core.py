@@ -2,7 +2,7 @@
 
 Each is a small wrapper around a real backend — the reference's ``NumpyBackend`` (fast, and exactly
 right except for the one documented fault), or for ``torch_mse_sum_over_elements`` PyTorch's —
-loadable as ``--backend tests.meta.faulty:<name>``. They are the subjects of
+loadable as ``--backend batchgrad_spec.faults:<name>``. They are the subjects of
 ``tests/meta/test_faulty_backends.py`` (which property catches which fault),
 ``tests/meta/test_gallery.py`` (the gallery of classic bugs, ``GALLERY`` below, and the README table
 "Gallery of caught bugs") and ``tests/meta/test_contract_errors.py`` (what the user sees).
@@ -425,7 +425,7 @@ def _torch_mse_sum_over_elements() -> Any:
     use, so that importing this module does not need torch."""
     import torch.nn.functional as F
 
-    from tests.backends import torch_backend as tb
+    from batchgrad_spec.backends import torch_backend as tb
 
     class TorchMseSumOverElements(tb.TorchBackend):
         name = "torch_mse_sum_over_elements"
@@ -524,20 +524,6 @@ tf32_in_strict_mode = TF32InStrictMode("tf32_in_strict_mode")
 
 _LAZY: dict[str, Callable[[], Any]] = {"torch_mse_sum_over_elements": _torch_mse_sum_over_elements}
 _built: dict[str, Any] = {}
-
-
-def _chapter3(name: str) -> Callable[[], Any]:
-    """Chapter 3's loss faults live in ``faulty_losses.py`` (which imports this module)."""
-    def load() -> Any:
-        from tests.meta import faulty_losses
-
-        return getattr(faulty_losses, name)
-    return load
-
-
-_LAZY.update({name: _chapter3(name) for name in ("class_weighted_mean_over_n",
-                                                 "ignored_targets_counted",
-                                                 "smoothing_over_ignored_rows")})
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,8 @@ Options::
     --precision strict|tf32|bf16_autocast  precision mode the results are certified for (spec
                                         §7.2, §7.4); tf32: float32 matmuls may use TF32
     --hypothesis-profile dev|ci|thorough  Hypothesis's option; default dev (ci when CI is set)
-    --conformance-report PATH           write a JSON record and a Markdown table (tests/report.py)
+    --conformance-report PATH           write a JSON record and a Markdown table
+    (batchgrad_spec/report.py)
     --xfails-file PATH                  known deviations: `PATTERN  # §C.N reason` per line
 
 A test that takes an argument ``target`` is run once per backend × device × dtype (× per-example
@@ -18,29 +19,16 @@ method when it also takes ``method``); it must carry ``@pytest.mark.clause("C.N"
 from __future__ import annotations
 
 import copy
-import os
 import platform
 
 import pytest
-from hypothesis import HealthCheck, settings
 
 from reference.contract import BackendError, Config
 from reference.problem import DTYPES
 
-from . import harness
+from . import harness, profiles  # noqa: F401  (profiles: registered on import)
 
-pytest_plugins = ["tests.report"]  # conformance reports and the xfails file (spec §8.5)
-
-# -- Hypothesis profiles --------------------------------------------------------------------------
-_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                     HealthCheck.data_too_large])
-# derandomize is explicit everywhere: under CI=true Hypothesis's own defaults (the parent of
-# every profile) are derandomized, which would silently turn `dev` and `thorough` deterministic.
-settings.register_profile("dev", max_examples=20, derandomize=False, **_common)
-settings.register_profile("ci", max_examples=100, derandomize=True, print_blob=True, **_common)
-settings.register_profile("thorough", max_examples=1000, derandomize=False, **_common)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
-
+pytest_plugins = ["batchgrad_spec.report"]  # conformance reports and the xfails file (spec §8.5)
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("batchgrad", "batchgrad-spec")

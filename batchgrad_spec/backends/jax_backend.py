@@ -1,4 +1,4 @@
-"""The JAX adapter: ``--backend tests.backends.jax_backend:backend``.
+"""The JAX adapter: ``--backend batchgrad_spec.backends.jax_backend:backend``.
 
 Gradients come from JAX's own autodiff of the loss as a JAX user writes it: ``jax.nn``
 activations, ``optax`` losses, ``jax.value_and_grad`` of the reduced loss, ``jax.vmap(jax.grad(ℓ))``
@@ -161,7 +161,7 @@ MIN_SLOTS = 4
 """Smallest number of slots (activations, norms, dropouts) per run: an activation plus up to
 three layers of chapter 4 share one bucket (4 slots cost ~0.07 ms a call more than 2)."""
 MIN_TOKENS = 4
-"""Smallest token bucket of sequence batches (tests/strategies.py draws T ≤ 4); batches of
+"""Smallest token bucket of sequence batches (batchgrad_spec/strategies.py draws T ≤ 4); batches of
 single examples have one token per example (Tb = 1)."""
 
 CPU_COMPILER_OPTIONS: dict[str, Any] = (

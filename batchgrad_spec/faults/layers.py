@@ -1,7 +1,7 @@
 """Deliberately wrong backends for chapter 4 (coupling layers and kinks).
 
 Each wraps the reference's ``NumpyBackend`` and gets exactly one thing wrong; loadable as
-``--backend tests.meta.faulty_layers:<name>``, and the subjects of
+``--backend batchgrad_spec.faults.layers:<name>``, and the subjects of
 ``tests/meta/test_layer_faults.py``:
 
 * ``bn_detached_statistics``       train-mode BatchNorm differentiated with its batch statistics

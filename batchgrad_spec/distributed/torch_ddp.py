@@ -2,8 +2,9 @@
 
 One cluster per test session. ``TorchDDPEngine`` starts it on first use: a ``TCPStore`` in this
 process binds a free loopback port itself (port 0, so no other process can take the port between
-choosing and binding it), R worker processes (``python -m tests.distributed.torch_ddp --worker r``,
-see ``tests/distributed/workers.py``) connect to it and join
+choosing and binding it), R worker processes (``python -m batchgrad_spec.distributed.torch_ddp
+--worker r``,
+see ``batchgrad_spec/distributed/workers.py``) connect to it and join
 ``torch.distributed.init_process_group("gloo")`` with gloo's transport bound to 127.0.0.1. Every
 Hypothesis example then sends its ``Job`` to the R workers; each builds the model and its shard's
 loss with the torch backend's own ``build_model``/``_tensors``/``reduced_loss`` (so the per-shard
@@ -77,7 +78,7 @@ def _setup(rank: int, world: int, store_port: int) -> int:
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    import tests.backends.torch_backend  # noqa: F401  (threads, imports)
+    import batchgrad_spec.backends.torch_backend  # noqa: F401  (threads, imports)
 
     model = DistributedDataParallel(torch.nn.Linear(1, 1))
     model(torch.ones(1, 1)).sum().backward()
@@ -89,7 +90,7 @@ def _local_loss(forward: Any, problem: Problem, config: Config) -> tuple[Any, An
     """(L, x, c): the shard's reduced loss exactly as ``TorchBackend.loss_and_grad`` computes it
     (``_tensors``, ``_extra``, ``reduced_loss`` of the torch backend; keep in step with it),
     through ``forward`` (the model, or its DistributedDataParallel wrapper)."""
-    from tests.backends import torch_backend as tb
+    from batchgrad_spec.backends import torch_backend as tb
 
     x, y, c = tb._tensors(problem, config)
     if hasattr(tb, "_extra"):  # sequences, masks, variances, dropout masks
@@ -104,7 +105,7 @@ def _run(rank: int, job: Job) -> Grads:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from tests.backends import torch_backend as tb
+    from batchgrad_spec.backends import torch_backend as tb
 
     world = dist.get_world_size()
     config = Config("cpu", job.dtype)
@@ -173,7 +174,7 @@ class TorchDDPEngine:
         self._store = dist.TCPStore("127.0.0.1", 0, world_size=None, is_master=True,
                                     timeout=datetime.timedelta(seconds=START_TIMEOUT_S),
                                     wait_for_workers=False)
-        pool = Pool("tests.distributed.torch_ddp", self.world_size, label="torch DDP rank")
+        pool = Pool("batchgrad_spec.distributed.torch_ddp", self.world_size, label="torch DDP rank")
         try:
             pool.start(START_TIMEOUT_S, lambda r: ["--world", str(self.world_size),
                                                    "--store-port", str(self._store.port)])

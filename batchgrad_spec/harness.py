@@ -16,7 +16,6 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 
@@ -32,13 +31,12 @@ from reference.grads import Grads, combine, per_example_grads
 from reference.numerics import Bound, Override, tolerance
 from reference.problem import Problem
 
-ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "spec"
+from .resources import SPEC
 
 BUILTINS: dict[str, str] = {
     "numpy": "reference.numpy_backend:backend",
-    "torch": "tests.backends.torch_backend:backend",
-    "jax": "tests.backends.jax_backend:backend",
+    "torch": "batchgrad_spec.backends.torch_backend:backend",
+    "jax": "batchgrad_spec.backends.jax_backend:backend",
 }
 FRAMEWORK = {"numpy": "numpy", "torch": "torch", "jax": "jax"}
 
@@ -259,7 +257,7 @@ class Check:
             f"# Reproduce §{t.clause} on {t.id}: run from the repository root",
             "from reference import *",
             "from reference.contract import checked_loss_and_grad, checked_per_example",
-            "from tests.harness import load",
+            "from batchgrad_spec.harness import load",
             f"backend = load({t.spec!r})",
             f"config = Config(device={t.config.device!r}, dtype={t.config.dtype!r}, "
             f"precision={t.config.precision!r})",

@@ -12,7 +12,7 @@ Each wraps the numpy reference backend (``reference.update`` in the dtype), wron
   its bfloat16 copy of each weight until the region ends, so every step's forward pass uses the
   first step's weights; caught by §6.2 (needs torch; correct in the other precision modes)
 
-Loadable as ``--backend tests.meta.faulty_update:<name>``; ``tests/meta/test_update_faults.py``
+Loadable as ``--backend batchgrad_spec.faults.update:<name>``; ``tests/meta/test_update_faults.py``
 checks that each is caught by its clause.
 """
 
@@ -80,7 +80,7 @@ class AdamCounterPerExample(_FaultyTrain):
 
 def _torch_autocast_around_the_loop() -> Any:
     """PyTorch's backend whose ``train`` runs the whole loop inside one precision region."""
-    from tests.backends import torch_backend as tb
+    from batchgrad_spec.backends import torch_backend as tb
 
     class AutocastAroundTheLoop(tb.TorchBackend):
         name = "torch_autocast_around_the_loop"

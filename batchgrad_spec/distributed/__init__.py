@@ -5,9 +5,9 @@ and an optional L2 penalty — on R ranks, and returns the gradient every rank h
 all-reduce:
 
 * ``torch``: R processes on 127.0.0.1 in one gloo process group, ``DistributedDataParallel`` and
-  ``torch.distributed.all_reduce`` (``tests/distributed/torch_ddp.py``);
+  ``torch.distributed.all_reduce`` (``batchgrad_spec/distributed/torch_ddp.py``);
 * ``jax``: R host CPU devices in one subprocess, ``jax.shard_map`` with ``lax.pmean``/``psum``
-  (``tests/distributed/jax_shard.py``);
+  (``batchgrad_spec/distributed/jax_shard.py``);
 * ``numpy``: a simulation — the reference backend on each shard, the combination computed in the
   dtype in numpy (``SimulatedEngine``). It is what the meta-tests inject faults into.
 

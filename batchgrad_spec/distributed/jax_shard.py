@@ -2,12 +2,14 @@
 
 XLA reads ``--xla_force_host_platform_device_count`` once, when JAX starts its CPU backend, and the
 JAX of the test process (``--backend jax``) has started with one device long before. So
-``JaxShardMapEngine`` runs one worker process (``python -m tests.distributed.jax_shard``, see
-``tests/distributed/workers.py``) whose environment carries ``XLA_FLAGS=
+``JaxShardMapEngine`` runs one worker process (``python -m batchgrad_spec.distributed.jax_shard``,
+see
+``batchgrad_spec/distributed/workers.py``) whose environment carries ``XLA_FLAGS=
 --xla_force_host_platform_device_count=R`` and ``JAX_PLATFORMS=cpu`` from its first instruction;
 nobody has to set anything. The worker builds a one-axis mesh ``Mesh(devices[:R], ("d",))``.
 
-Each rank's loss and gradient are the jax backend's own: ``tests.backends.jax_backend`` embeds
+Each rank's loss and gradient are the jax backend's own: ``batchgrad_spec.backends.jax_backend``
+embeds
 each shard's problem in its fixed-shape bucket (``_pad``) and ``_padded_batch`` is the very
 function ``--backend jax`` jits for ``loss_and_grad`` (``jax.value_and_grad`` of its reduced
 loss, every loss it supports), so every problem of a dtype and bucket runs one compiled program,
@@ -68,13 +70,13 @@ class _Backend:
         import dataclasses
         import inspect
 
-        from tests.backends import jax_backend as jb
+        from batchgrad_spec.backends import jax_backend as jb
 
         names = [f.name for f in dataclasses.fields(jb.Padded)]
         if names[:4] != ["layout", "params", "net", "ex"]:
-            raise RuntimeError(f"tests/backends/jax_backend.py: Padded has fields {names}; "
-                               f"tests/distributed/jax_shard.py:_Backend expects layout, params, "
-                               f"net, ex first")
+            raise RuntimeError(f"batchgrad_spec/backends/jax_backend.py: Padded has fields "
+                               f"{names}; batchgrad_spec/distributed/jax_shard.py:_Backend "
+                               f"expects layout, params, net, ex first")
         self.jb, self.extra = jb, names[4:]
         self.unpad_takes_problem = "problem" in inspect.signature(jb._unpad).parameters
 
@@ -319,7 +321,8 @@ class JaxShardMapEngine:
         env = {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count="
                             f"{self.world_size}".strip(),
                "JAX_PLATFORMS": "cpu"}
-        pool = Pool("tests.distributed.jax_shard", 1, env=env, label="jax shard_map worker")
+        pool = Pool("batchgrad_spec.distributed.jax_shard", 1, env=env,
+                    label="jax shard_map worker")
         try:
             pool.start(START_TIMEOUT_S, lambda _: ["--world", str(self.world_size)])
         except WorkerError as exc:

@@ -1,6 +1,6 @@
 """Conformance reports and known deviations (spec §8.5).
 
-As a pytest plugin (registered by ``tests/plugin.py``):
+As a pytest plugin (registered by ``batchgrad_spec/plugin.py``):
 
 * ``--conformance-report PATH`` writes, when the session ends, a JSON record of every clause ×
   backend × device × dtype × precision that ran: outcome (pass / fail / xfail / skip), number of
@@ -15,7 +15,7 @@ As a pytest plugin (registered by ``tests/plugin.py``):
 
 As a command line (needs numpy, and matplotlib for the picture; not pytest)::
 
-    python -m tests.report merge reports/*.json --out reports/matrix
+    python -m batchgrad_spec.report merge reports/*.json --out reports/matrix
 
 merges records (one per tox env) into ``matrix.json``, ``matrix.md`` and, when matplotlib
 imports, ``matrix.png``: a heatmap of the outcomes, passing cells shaded by their
@@ -238,7 +238,7 @@ def deviations(config: Any) -> list[Deviation]:
     return config.stash.get(_DEVIATIONS, [])
 
 
-# -- pytest hooks (this module is registered as a plugin by tests/plugin.py) -----------------------
+# -- pytest hooks (this module is registered as a plugin by batchgrad_spec/plugin.py) --------------
 def pytest_configure(config: Any) -> None:
     path = config.getoption("xfails_file", None)
     if path:
@@ -675,7 +675,7 @@ def _inputs(args: Sequence[str], exclude: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.report",
+    parser = argparse.ArgumentParser(prog="python -m batchgrad_spec.report",
                                      description="batchgrad-spec conformance reports")
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("merge", help="merge records (pytest --conformance-report) into a matrix")

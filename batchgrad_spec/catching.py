@@ -1,0 +1,145 @@
+"""Running a chapter's property against a (deliberately wrong) backend: does the suite catch it?
+
+The meta-tests (``tests/meta/``) and ``examples/gallery_sizes.py`` share this machinery. A
+property test is re-wrapped with ``@given`` under the ``ci`` settings rather than called as
+imported: a ``@given`` test's settings are fixed when its module is imported (by whichever profile
+was loaded then), and re-wrapping leaves the imported function untouched for the real suite. The
+re-wrapped test has the original's source and signature, so it draws the very examples the ``ci``
+profile draws for it in ``pytest --backend ... --hypothesis-profile ci``. Shrinking is skipped
+(the first failure is what is measured). The run statistics are restored after each run, so
+deliberate failures do not appear in the session's summary of real backends.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import Phase, given, settings
+
+from reference.contract import Config
+from reference.problem import Problem
+
+from . import harness, profiles  # noqa: F401  (registers the ci profile)
+from .harness import ClauseFailure, Target
+
+__all__ = ["CI", "MAX_EXAMPLES", "Outcome", "assert_caught", "assert_correct_backend_passes",
+           "leaves", "make_target", "run_property"]
+
+CI = settings(settings.get_profile("ci"), database=None,
+              phases=[Phase.explicit, Phase.reuse, Phase.generate])
+MAX_EXAMPLES = CI.max_examples
+
+@dataclass
+class Outcome:
+    """A property run: what it raised, and after how many examples it first failed."""
+
+    error: BaseException | None
+    first_failure: int | None = None  # 1-based index of the first example that failed
+    calls: int = 0  # calls of the test body
+    stats_examples: int = 0  # what harness.STATS counted for this target during the run
+    tried: list[Problem] = field(default_factory=list)  # up to and including the first failure
+    failing: list[Problem] = field(default_factory=list)  # every failing example, in order
+
+
+def make_target(spec: str, clause: str, dtype: str, method: str | None) -> Target:
+    return Target(spec, harness.load(spec), Config("cpu", dtype), clause=clause, method=method)
+
+
+def run_property(test: Callable[..., Any], target: Target, *, profile: settings = CI,
+                 **strategies: Any) -> Outcome:
+    """Run the @given property ``test`` against ``target`` under the ``ci`` settings (or
+    ``profile``, e.g. with shrinking), with its own strategies unless ``strategies`` replaces
+    some."""
+    inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
+    strategies = {**test.hypothesis._given_kwargs, **strategies}  # type: ignore[attr-defined]
+    out = Outcome(None)
+
+    @functools.wraps(inner)  # same source and signature: the same derandomised examples
+    def counted(**kwargs: Any) -> Any:
+        out.calls += 1
+        if out.first_failure is None:
+            out.tried.append(kwargs["problem"])
+        try:
+            return inner(**kwargs)
+        except Exception:
+            out.first_failure = out.first_failure or out.calls
+            out.failing.append(kwargs["problem"])
+            raise
+
+    prop = given(**strategies)(profile(counted))
+    key = (target.clause, target.backend.name, target.config.device, target.config.dtype,
+           target.config.precision)
+    saved = copy.deepcopy(harness.STATS)
+    kwargs: dict[str, Any] = {"target": target}
+    if target.method is not None:
+        kwargs["method"] = target.method
+    try:
+        prop(**kwargs)
+    except BaseException as exc:  # noqa: B036  (an ExceptionGroup included; inspected below)
+        out.error = exc
+    finally:
+        out.stats_examples = harness.STATS[key].examples if key in harness.STATS else 0
+        harness.STATS.clear()
+        harness.STATS.update(saved)
+    return out
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The individual failures of a (possibly nested) exception group (3.10: the backport)."""
+    if isinstance(getattr(exc, "exceptions", None), tuple):
+        return [leaf for sub in exc.exceptions for leaf in leaves(sub)]
+    return [exc]
+
+
+def assert_correct_backend_passes(test: Callable[..., Any], faulty: Target,
+                                  problems: list[Problem]) -> None:
+    """The property holds for the numpy backend on each of ``problems`` (same dtype, method)."""
+    __tracebackhide__ = True
+    control = make_target("numpy", faulty.clause, faulty.config.dtype, faulty.method)
+    inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
+    kwargs: dict[str, Any] = {"target": control}
+    if control.method is not None:
+        kwargs["method"] = control.method
+    saved = copy.deepcopy(harness.STATS)
+    try:
+        for problem in problems:
+            inner(problem=problem, **kwargs)
+    finally:
+        harness.STATS.clear()
+        harness.STATS.update(saved)
+
+
+def assert_caught(fault: str, test: Callable[..., Any], clause: str, dtype: str,
+                  method: str | None, message: tuple[str, ...] = (),
+                  **strategies: Any) -> list[ClauseFailure]:
+    """Run ``test`` against ``batchgrad_spec.faults:<fault>``: it must fail with §``clause``, and
+    one of the failures must contain one of ``message``."""
+    __tracebackhide__ = True
+    target = make_target(f"batchgrad_spec.faults:{fault}", clause, dtype, method)
+    out = run_property(test, target, **strategies)
+    assert out.error is not None, (
+        f"{fault} passed §{clause} on {dtype} {method or ''} ({out.calls} examples)")
+    failures = leaves(out.error)
+    for f in failures:
+        if not isinstance(f, ClauseFailure):
+            raise AssertionError(f"{fault}: not a ClauseFailure: {f!r}") from f
+        assert f.clause == clause, f"{fault}: failed §{f.clause}, expected §{clause}"
+        text = str(f)
+        assert text.startswith(f"§{clause} "), text
+        assert f"backend={fault} " in text and f"dtype={dtype}" in text, text
+        assert any(n.startswith(f"# Reproduce §{clause} ") for n in f.__notes__), f.__notes__
+    if message:
+        assert any(m in str(f) for f in failures for m in message), (
+            f"no failure of {fault} says any of {message}: {[str(f) for f in failures]}")
+    assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
+    assert out.stats_examples >= out.first_failure  # harness.STATS counted them too
+    where = " (N >= 2)" if strategies else ""
+    print(f"\n{fault + where:<29} {dtype:<8} {method or '-':<5} caught by §{clause:<4} at example "
+          f"{out.first_failure:>3} of <= {MAX_EXAMPLES} ({len(failures)} distinct "
+          f"failure{'s' if len(failures) > 1 else ''})", end="")
+    assert_correct_backend_passes(test, target, out.tried + out.failing[-len(failures):])
+    return failures  # type: ignore[return-value]

@@ -1,0 +1,25 @@
+"""The Hypothesis profiles of the suite: ``dev``, ``ci`` and ``thorough`` (registered on import).
+
+``dev`` is loaded by default, ``ci`` when the environment variable ``CI`` is set; pytest's
+``--hypothesis-profile`` chooses another.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+__all__ = ["PROFILES"]
+
+# --------------------------------------------------------------------------
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                     HealthCheck.data_too_large])
+# derandomize is explicit everywhere: under CI=true Hypothesis's own defaults (the parent of
+# every profile) are derandomized, which would silently turn `dev` and `thorough` deterministic.
+settings.register_profile("dev", max_examples=20, derandomize=False, **_common)
+settings.register_profile("ci", max_examples=100, derandomize=True, print_blob=True, **_common)
+settings.register_profile("thorough", max_examples=1000, derandomize=False, **_common)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+PROFILES = ("dev", "ci", "thorough")
