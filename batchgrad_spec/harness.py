@@ -181,6 +181,8 @@ class Check:
         self.problem = problem.rounded(target.config.dtype)
         self.override = override
         self._tol: dict[tuple[int, bool], Bound] = {}
+        self._made: list[object] = []  # what the backend returned, kept alive so ids stay unique
+        self._call_of: dict[int, str] = {}  # id of a returned value → the expression that made it
 
     def __enter__(self) -> Check:
         _stat(self.target).examples += 1
@@ -194,16 +196,38 @@ class Check:
                       snippet=CALLS.get(exc.call or ""))
 
     # backend calls through the validated contract ------------------------------------------
-    def loss_and_grad(self, problem: Problem | None = None) -> tuple[float, Grads]:
-        return checked_loss_and_grad(self.target.backend, problem or self.problem,
-                                     self.target.config)
+    # Each call remembers the expression that made its results (``expr`` is how the repro snippet
+    # writes ``problem``), so ``close`` derives the snippet's ``observed = ...`` line from the call
+    # that was made instead of a string typed beside it.
+    def loss_and_grad(self, problem: Problem | None = None, *,
+                      expr: str = "problem") -> tuple[float, Grads]:
+        out = checked_loss_and_grad(self.target.backend, problem or self.problem,
+                                    self.target.config)
+        return self._remember(out, f"checked_loss_and_grad(backend, {expr}, config)")
 
-    def per_example(self, problem: Problem | None = None,
-                    method: str | None = None) -> tuple[np.ndarray, Grads]:
+    def per_example(self, problem: Problem | None = None, method: str | None = None, *,
+                    expr: str = "problem") -> tuple[np.ndarray, Grads]:
         m = method or self.target.method
         assert m is not None, "this test is not parametrised by method; pass method="
-        return checked_per_example(self.target.backend, problem or self.problem,
-                                   self.target.config, m)
+        out = checked_per_example(self.target.backend, problem or self.problem,
+                                  self.target.config, m)
+        how = "method" if m == self.target.method else repr(m)
+        return self._remember(out, f"checked_per_example(backend, {expr}, config, {how})")
+
+    def _remember(self, out: tuple, call: str) -> tuple:  # type: ignore[type-arg]
+        self._made.append(out)
+        for i, part in enumerate(out):
+            self._call_of[id(part)] = f"{call}[{i}]"
+        return out
+
+    def call_of(self, observed: object) -> str:
+        """The expression of a backend call of this check that returned ``observed``."""
+        try:
+            return self._call_of[id(observed)]
+        except KeyError:
+            raise TypeError("Check.close: `observed` is not a value a backend call of this check "
+                            "returned (it was derived from one): pass call=... with the "
+                            "expression that computes it") from None
 
     def tol(self, problem: Problem | None = None, *, twice: bool = False) -> Bound:
         """Tolerance for ``problem`` (default: the check's) at the target's dtype (spec §7.2)."""
@@ -218,13 +242,17 @@ class Check:
     def close(self, observed: Mapping[str, np.ndarray] | np.ndarray | float,
               expected: Mapping[str, np.ndarray] | np.ndarray | float,
               tol: Mapping[str, np.ndarray] | np.ndarray | float, *,
-              what: str, call: str, expect: str) -> None:
+              what: str, expect: str, call: str | None = None) -> None:
         """Assert |observed − expected| ≤ tol elementwise, per parameter when given mappings.
 
         ``call`` and ``expect`` are Python expressions (in terms of ``backend``, ``config`` and
-        ``problem``) that produce observed and expected: they make the repro snippet.
+        ``problem``) that produce observed and expected: they make the repro snippet. ``call``
+        defaults to the backend call of this check that returned ``observed``; it is needed only
+        for a value derived from what a call returned.
         """
         __tracebackhide__ = True
+        if call is None:
+            call = self.call_of(observed)
         if isinstance(observed, Mapping):
             assert isinstance(expected, Mapping) and isinstance(tol, Mapping)
             for name in expected:
@@ -289,10 +317,8 @@ def reduction_identity(c: Check) -> None:
     kappa = c.problem.coefficients
     tol = c.tol()
     c.close(loss, float(np.sum(kappa * ref_losses)), tol.loss, what="L",
-            call=f"{BATCH_CALL}[0]",
             expect="float(np.sum(problem.coefficients * per_example_grads(problem)[0]))")
     c.close(grads, combine(ref_grads, kappa), tol.batch_grads, what="∇L",
-            call=f"{BATCH_CALL}[1]",
             expect="combine(per_example_grads(problem)[1], problem.coefficients)")
 
 
@@ -302,10 +328,8 @@ def sub_batch_identity(c: Check, subset: list[int]) -> None:
     __tracebackhide__ = True
     sub = c.problem.with_batch(c.problem.batch.take(subset))
     _, full = c.per_example()
-    _, part = c.per_example(sub)
+    _, part = c.per_example(sub, expr=f"problem.with_batch(problem.batch.take({subset}))")
     tol = c.tol(twice=True)
     c.close(part, {k: v[subset] for k, v in full.items()},
             {k: v[subset] for k, v in tol.grads.items()}, what="g_i within a sub-batch",
-            call=f"checked_per_example(backend, problem.with_batch("
-                 f"problem.batch.take({subset})), config, method)[1]",
             expect=f"{{k: v[{subset}] for k, v in {PER_EXAMPLE_CALL}[1].items()}}")
