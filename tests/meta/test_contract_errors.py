@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from batchgrad_spec.repro import reproductions
 from batchgrad_spec.resources import ROOT
 
 pytestmark = pytest.mark.meta
@@ -57,23 +58,6 @@ def test_an_object_lacking_the_contract_is_a_usage_error_naming_what_is_missing(
         run_pytest("--backend", "batchgrad_spec.faults:not_a_backend", "-k", MEAN_TEST))
     assert ("backend 'batchgrad_spec.faults:not_a_backend' (NotABackend) does not implement the "
             "contract: missing devices, dtypes, per_example_methods, per_example") in out, out
-
-
-def reproductions(out: str, clause: str) -> list[str]:
-    """The repro snippets in pytest's output, with pytest's line prefixes ("E   ", "  | ") cut."""
-    snippets = []
-    lines = out.splitlines()
-    for i, line in enumerate(lines):
-        col = line.find(f"# Reproduce §{clause} ")
-        if col < 0:
-            continue
-        block = []
-        for body in lines[i:]:
-            block.append(body[col:])
-            if body[col:].startswith("print('observed:'"):
-                break
-        snippets.append("\n".join(block))
-    return snippets
 
 
 @pytest.mark.clause("8.2")
