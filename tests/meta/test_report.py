@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchgrad_spec.report import Deviation, XfailsError, aggregate, markdown, merge, parse_xfails
+from batchgrad_spec.report.markdown import markdown
+from batchgrad_spec.report.record import aggregate, merge
+from batchgrad_spec.report.xfails import Deviation, XfailsError, parse_xfails
 from batchgrad_spec.resources import ROOT
 from reference import SPEC_VERSION
 
@@ -120,6 +122,32 @@ def test_the_header_prints_backends_versions_profile_and_seed(numpy_run, faulty_
     assert ("hypothesis profile 'ci' (max_examples=100, derandomize=True), seed derandomized "
             "(fixed per test; --hypothesis-seed ignored)") in out, out
     assert f"backend {FAULTY}: numpy {np.__version__}, fault mean divides by N-1" in out, out
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_an_absent_device_is_said_once_not_per_test_and_reported_as_skip_cells(workers, tmp_path):
+    """A CPU-only run: the header says once which device is absent and how many tests that
+    leaves out; the short test summary (-ra) has no line per skipped test; the final count and
+    the conformance report still show the tests that did not run."""
+    if workers and importlib.util.find_spec("xdist") is None:
+        pytest.skip("pytest-xdist is not installed")
+    path = tmp_path / "absent.json"
+    r = run_pytest("--backend", "numpy", "--device", "cpu", "--device", "cuda", "--dtype",
+                   "float64", "-k", f"{MEAN} or {WORKED}", "-ra", "--conformance-report",
+                   str(path), *workers)
+    out = output(r)
+    assert r.returncode == 0, out
+    said = [line for line in out.splitlines() if "not present" in line]
+    assert said == ["batchgrad-spec: numpy: device 'cuda' is not present here (devices: cpu): "
+                    "3 tests skipped"], out
+    assert "SKIPPED" not in out and "short test summary" not in out, out
+    assert "3 passed, 3 skipped" in out, out
+    if not workers:  # in the header: before the first test's progress
+        assert out.index(said[0]) < out.index("tests/test_ch2_core.py ."), out
+    results = cells(json.loads(path.read_text(encoding="utf-8")))
+    assert {k[2]: v["outcome"] for k, v in results.items() if k[0] == "2.11"} == {
+        "cpu": "pass", "cuda": "skip"}
+    assert results[("2.1", "numpy", "cuda", "float64")]["outcome"] == "skip"
 
 
 def test_records_merge_into_a_matrix_with_a_fail_cell_and_a_heatmap(numpy_run, faulty_run,
