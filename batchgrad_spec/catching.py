@@ -7,12 +7,12 @@ was loaded then), and re-wrapping leaves the imported function untouched for the
 re-wrapped test has the original's source and signature, so it draws the very examples the ``ci``
 profile draws for it in ``pytest --backend ... --hypothesis-profile ci``. Shrinking is skipped
 (the first failure is what is measured). The run statistics are restored after each run, so
-deliberate failures do not appear in the session's summary of real backends.
+deliberate failures do not appear in the session's summary of real backends
+(``batchgrad_spec.stats.preserved``).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +23,7 @@ from hypothesis import Phase, given, settings
 from reference.contract import Config
 from reference.problem import Problem
 
-from . import harness, profiles  # noqa: F401  (registers the ci profile)
+from . import harness, profiles, stats  # noqa: F401  (registers the ci profile)
 from .harness import ClauseFailure, Target
 
 __all__ = ["CI", "MAX_EXAMPLES", "Outcome", "assert_caught", "assert_correct_backend_passes",
@@ -40,7 +40,7 @@ class Outcome:
     error: BaseException | None
     first_failure: int | None = None  # 1-based index of the first example that failed
     calls: int = 0  # calls of the test body
-    stats_examples: int = 0  # what harness.STATS counted for this target during the run
+    stats_examples: int = 0  # what the run statistics counted for this target in the run
     tried: list[Problem] = field(default_factory=list)  # up to and including the first failure
     failing: list[Problem] = field(default_factory=list)  # every failing example, in order
 
@@ -71,20 +71,18 @@ def run_property(test: Callable[..., Any], target: Target, *, profile: settings 
             raise
 
     prop = given(**strategies)(profile(counted))
-    key = (target.clause, target.backend.name, target.config.device, target.config.dtype,
-           target.config.precision)
-    saved = copy.deepcopy(harness.STATS)
     kwargs: dict[str, Any] = {"target": target}
     if target.method is not None:
         kwargs["method"] = target.method
-    try:
-        prop(**kwargs)
-    except BaseException as exc:  # noqa: B036  (an ExceptionGroup included; inspected below)
-        out.error = exc
-    finally:
-        out.stats_examples = harness.STATS[key].examples if key in harness.STATS else 0
-        harness.STATS.clear()
-        harness.STATS.update(saved)
+    key = stats.key(target)
+    with stats.preserved():
+        before = stats.snapshot(key)
+        try:
+            prop(**kwargs)
+        except BaseException as exc:  # noqa: B036  (an ExceptionGroup included; inspected below)
+            out.error = exc
+        counted = stats.since(key, before)
+        out.stats_examples = counted.examples if counted else 0
     return out
 
 
@@ -104,13 +102,9 @@ def assert_correct_backend_passes(test: Callable[..., Any], faulty: Target,
     kwargs: dict[str, Any] = {"target": control}
     if control.method is not None:
         kwargs["method"] = control.method
-    saved = copy.deepcopy(harness.STATS)
-    try:
+    with stats.preserved():
         for problem in problems:
             inner(problem=problem, **kwargs)
-    finally:
-        harness.STATS.clear()
-        harness.STATS.update(saved)
 
 
 def assert_caught(fault: str, test: Callable[..., Any], clause: str, dtype: str,
@@ -136,7 +130,7 @@ def assert_caught(fault: str, test: Callable[..., Any], clause: str, dtype: str,
         assert any(m in str(f) for f in failures for m in message), (
             f"no failure of {fault} says any of {message}: {[str(f) for f in failures]}")
     assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
-    assert out.stats_examples >= out.first_failure  # harness.STATS counted them too
+    assert out.stats_examples >= out.first_failure  # the run statistics counted them too
     where = " (N >= 2)" if strategies else ""
     print(f"\n{fault + where:<29} {dtype:<8} {method or '-':<5} caught by §{clause:<4} at example "
           f"{out.first_failure:>3} of <= {MAX_EXAMPLES} ({len(failures)} distinct "

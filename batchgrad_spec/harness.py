@@ -31,6 +31,7 @@ from reference.grads import Grads, combine, per_example_grads
 from reference.numerics import Bound, Override, tolerance
 from reference.problem import Problem
 
+from . import stats
 from .resources import SPEC
 
 BUILTINS: dict[str, str] = {
@@ -96,23 +97,6 @@ class Target:
         method = f"  method={self.method}" if self.method else ""
         return (f"backend={self.backend.name} ({versions})  device={self.config.device}  "
                 f"dtype={self.config.dtype}  precision={self.config.precision}{method}")
-
-
-@dataclass
-class Stat:
-    examples: int = 0
-    max_ratio: float = 0.0
-    failures: int = 0
-    worst: str = ""
-
-
-STATS: dict[tuple[str, str, str, str, str], Stat] = {}
-"""(clause, backend, device, dtype, precision) → examples run and largest error/tolerance."""
-
-
-def _stat(t: Target) -> Stat:
-    key = (t.clause, t.backend.name, t.config.device, t.config.dtype, t.config.precision)
-    return STATS.setdefault(key, Stat())
 
 
 class ClauseFailure(AssertionError):
@@ -185,13 +169,13 @@ class Check:
         self._call_of: dict[int, str] = {}  # id of a returned value → the expression that made it
 
     def __enter__(self) -> Check:
-        _stat(self.target).examples += 1
+        stats.count_example(self.target)
         return self
 
     def __exit__(self, typ: type | None, exc: BaseException | None, tb: object) -> None:
         __tracebackhide__ = True
         if isinstance(exc, BackendError):
-            _stat(self.target).failures += 1
+            stats.count_failure(self.target)
             self.fail(f"the backend broke the contract: {exc}{_origin(exc)}",
                       snippet=CALLS.get(exc.call or ""))
 
@@ -261,11 +245,9 @@ class Check:
             return
         report, worst = mismatch_report(np.asarray(observed), np.asarray(expected),
                                         np.asarray(tol))
-        stat = _stat(self.target)
-        if worst > stat.max_ratio:
-            stat.max_ratio, stat.worst = worst, what
+        stats.count_ratio(self.target, worst, what)
         if report:
-            stat.failures += 1
+            stats.count_failure(self.target)
             self.fail(f"{what} (shape {np.shape(expected)}): {report}\n"
                       f"  [{call}] vs reference [{expect}]",
                       snippet=(call, expect))

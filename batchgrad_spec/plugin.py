@@ -9,26 +9,37 @@ Options::
                                         §7.2, §7.4); tf32: float32 matmuls may use TF32
     --hypothesis-profile dev|ci|thorough  Hypothesis's option; default dev (ci when CI is set)
     --conformance-report PATH           write a JSON record and a Markdown table
-    (batchgrad_spec/report.py)
+                                        (batchgrad_spec/report/)
     --xfails-file PATH                  known deviations: `PATTERN  # §C.N reason` per line
 
 A test that takes an argument ``target`` is run once per backend × device × dtype (× per-example
-method when it also takes ``method``); it must carry ``@pytest.mark.clause("C.N")``.
+method when it also takes ``method``); it must carry ``@pytest.mark.clause("C.N")``. A device
+that is absent here (a built-in's accelerator, or one named with ``--device``) still gets its
+tests, skipped: the run header says once, per device, how many; the short test summary does not
+list them one by one; the conformance report shows them as ``skip`` cells.
+
+The session's backends and settings are read from ``batchgrad_spec.session``, the examples and
+ratios the checks counted from ``batchgrad_spec.stats``.
 """
 
 from __future__ import annotations
 
-import copy
 import platform
+from collections.abc import Iterator
 
 import pytest
 
-from reference.contract import BackendError, Config
+from reference.contract import Config
 from reference.problem import DTYPES
 
-from . import harness, profiles  # noqa: F401  (profiles: registered on import)
+from . import harness, profiles, session, stats  # noqa: F401  (profiles: registered on import)
+from .report.record import seed_text
 
-pytest_plugins = ["batchgrad_spec.report"]  # conformance reports and the xfails file (spec §8.5)
+__all__ = ["ACCELERATORS", "targets"]
+
+# conformance reports and the xfails file (spec §8.5)
+pytest_plugins = ["batchgrad_spec.report.hooks"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("batchgrad", "batchgrad-spec")
@@ -54,34 +65,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(id, ...): the spec clause(s) a test checks")
     config.addinivalue_line("markers", "meta: tests of the harness itself")
-    names = config.getoption("backend") or harness.available_builtins()
-    backends = []
-    for name in names:
-        try:
-            backends.append((name, harness.load(name)))
-        except BackendError as exc:
-            raise pytest.UsageError(f"--backend {name}: {exc}") from None
-    config.stash[_BACKENDS] = backends
-
-
-_BACKENDS = pytest.StashKey[list]()
-
-
-def selected_backends(config: pytest.Config) -> list:
-    return config.stash[_BACKENDS]
+    session.load_backends(config)
+    config.stash[_ABSENT] = AbsentDevices()
+    config.pluginmanager.register(config.stash[_ABSENT], "batchgrad-absent-devices")
 
 
 ACCELERATORS = {"torch": "cuda", "jax": "gpu"}
 """The accelerator device of each built-in backend: when it is absent its tests are still
-generated and skipped with a one-line reason, so a CPU-only run says what it did not check."""
-
+generated and skipped, so that a CPU-only run says what it did not check."""
 
 def targets(config: pytest.Config, clause: str,
             with_method: bool) -> list[tuple[harness.Target, str | None]]:
     """(target, reason it is skipped or None) for every backend × device × dtype (× method)."""
     out = []
     want_dev, want_dt = config.getoption("device"), config.getoption("dtype")
-    for spec, b in selected_backends(config):
+    for spec, b in session.selected_backends(config):
         present = list(b.devices())
         devices = present + [d for d in [ACCELERATORS.get(b.name), *want_dev]
                              if d and d not in present]
@@ -90,6 +88,8 @@ def targets(config: pytest.Config, clause: str,
                 continue
             absent = None if dev in present else (
                 f"{b.name}: device {dev!r} is not present here (devices: {', '.join(present)})")
+            if absent:
+                config.stash[_ABSENT].reasons[(b.name, dev)] = absent
             for dt in b.dtypes():
                 if want_dt and dt not in want_dt:
                     continue
@@ -116,13 +116,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from . import report  # registered above as a plugin (imported by pytest, not here)
-
-    run = report.run_settings(config)  # as Hypothesis really uses them (derandomize wins)
+    run = session.run_settings(config)  # as Hypothesis really uses them (derandomize wins)
     lines = [f"batchgrad-spec: python {platform.python_version()}, "
              f"hypothesis profile {run['profile']!r} (max_examples={run['max_examples']}, "
-             f"derandomize={run['derandomize']}), seed {report.seed_text(run)}"]
-    for b in report.backends_environment(config):  # what the conformance report records
+             f"derandomize={run['derandomize']}), seed {seed_text(run)}"]
+    for b in session.backends_environment(config):  # what the conformance report records
         versions = ", ".join(f"{k} {v}" for k, v in b["versions"].items())
         lines.append(f"  backend {b['spec']}: {versions}; devices {', '.join(b['devices'])}; "
                      f"dtypes {', '.join(b['dtypes'])}; "
@@ -131,40 +129,81 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
-# -- an expected failure (a strict xfail of a known deviation) is not counted as a failure -----
-_STATS_BEFORE = pytest.StashKey[tuple]()
-XFAIL_EXAMPLES: dict[tuple[str, str, str, str], int] = {}
-"""(backend, device, dtype, precision) → examples run by tests that ended as expected failures:
-shown beside the summary, kept out of its examples, failures and largest ratio."""
+# -- absent devices: said once, with how many tests they leave out -------------------------------
+class AbsentDevices:
+    """The tests of a device that is not present here are generated and skipped (a CPU-only run
+    says what it did not check), but said once per device, with their number, after "collected N
+    items" (the end of the run header); the short test summary lists only the skips a user can
+    act on. They still count in the final "N skipped", and as ``skip`` cells in the conformance
+    report. Registered by ``pytest_configure``."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[tuple[str, str], str] = {}  # (backend name, device) → why skipped
+        self.said = False
+
+    def reason(self, item: pytest.Item) -> str | None:
+        """Why ``item`` is skipped when its target's device is absent, else None."""
+        t = session.item_target(item)
+        return self.reasons.get((t.backend.name, t.config.device)) if t else None
+
+    @staticmethod
+    def lines(reasons: list[str]) -> list[str]:
+        counts = {r: reasons.count(r) for r in dict.fromkeys(reasons)}
+        return [f"batchgrad-spec: {r}: {n} test{'s' if n != 1 else ''} skipped"
+                for r, n in counts.items()]
+
+    def pytest_report_collectionfinish(self, items: list[pytest.Item]) -> list[str]:
+        self.said = True
+        return self.lines([r for r in map(self.reason, items) if r])
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item) -> object:
+        """Mark the skip of an absent device's test (an attribute, which also reaches the xdist
+        controller)."""
+        rep = yield
+        if rep.skipped and not hasattr(rep, "wasxfail"):
+            reason = self.reason(item)
+            if reason:
+                rep.batchgrad_absent = reason
+        return rep
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)  # outside the terminal reporter's own wrapper
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter
+                                ) -> Iterator[None]:
+        tr = terminalreporter
+        skipped = tr.stats.get("skipped", [])
+        absent = [r for r in skipped if getattr(r, "batchgrad_absent", None)]
+        if not self.said:  # under xdist the controller collects nothing: said here instead
+            for line in self.lines([r.batchgrad_absent for r in absent]):
+                tr.write_line(line)
+        if absent:
+            tr.stats["skipped"] = [r for r in skipped if r not in absent]
+        try:
+            return (yield)
+        finally:
+            if absent:
+                tr.stats["skipped"] = skipped
 
 
-def _item_key(item: pytest.Item) -> tuple | None:
-    t = getattr(item, "callspec", None) and item.callspec.params.get("target")
-    if not isinstance(t, harness.Target):
-        return None
-    return (t.clause, t.backend.name, t.config.device, t.config.dtype, t.config.precision)
+_ABSENT = pytest.StashKey[AbsentDevices]()
 
 
+# -- the run statistics of each test item --------------------------------------------------------
 @pytest.hookimpl(tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> None:
-    key = _item_key(item)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    key = session.item_key(item)
     if key is not None:
-        item.stash[_STATS_BEFORE] = (key, copy.copy(harness.STATS.get(key)))
+        item.stash[session.BEFORE] = (key, stats.snapshot(key))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: after the report's own wrapper
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """An expected failure (a strict xfail of a known deviation) is not counted as a failure: its
+    examples are set aside (``stats.set_aside``)."""
     rep = yield
-    saved = item.stash.get(_STATS_BEFORE, None)
+    saved = item.stash.get(session.BEFORE, None)
     if rep.when == "call" and saved is not None and hasattr(rep, "wasxfail") and rep.skipped:
-        key, before = saved
-        now = harness.STATS.get(key)
-        ran = (now.examples if now else 0) - (before.examples if before else 0)
-        XFAIL_EXAMPLES[key[1:]] = XFAIL_EXAMPLES.get(key[1:], 0) + ran
-        if before is None:
-            harness.STATS.pop(key, None)
-        else:
-            harness.STATS[key] = before
+        stats.set_aside(*saved)
     return rep
 
 
@@ -172,36 +211,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
 def pytest_sessionfinish(session: pytest.Session) -> None:
     out = getattr(session.config, "workeroutput", None)  # set on xdist workers only
     if out is not None:
-        out["batchgrad_stats"] = [[list(k), vars(s)] for k, s in harness.STATS.items()]
+        out["batchgrad_stats"] = stats.export()
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: ignored when xdist is not installed
 def pytest_testnodedown(node: object, error: object) -> None:
-    for key, s in getattr(node, "workeroutput", {}).get("batchgrad_stats", []):
-        agg = harness.STATS.setdefault(tuple(key), harness.Stat())
-        agg.examples += s["examples"]
-        agg.failures += s["failures"]
-        if s["max_ratio"] > agg.max_ratio:
-            agg.max_ratio, agg.worst = s["max_ratio"], s["worst"]
+    stats.merge(getattr(node, "workeroutput", {}).get("batchgrad_stats", {}))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not harness.STATS:
+    per = stats.totals()
+    if not per:
         return
     tr = terminalreporter
     tr.section("batchgrad-spec: examples and largest error/tolerance")
-    per: dict[tuple[str, str, str, str], harness.Stat] = {}
-    for (_, b, dev, dt, prec), s in harness.STATS.items():
-        agg = per.setdefault((b, dev, dt, prec), harness.Stat())
-        agg.examples += s.examples
-        agg.failures += s.failures
-        agg.max_ratio = max(agg.max_ratio, s.max_ratio)
     w = max([10] + [len(b) + 2 for b, *_ in per])  # a backend's name may be long
     tr.write_line(f"{'backend':<{w}}{'device':<8}{'dtype':<9}{'precision':<10}"
                   f"{'examples':>9}{'failed':>8}  max error/tolerance")
     for (b, dev, dt, prec), s in sorted(per.items()):
         tr.write_line(f"{b:<{w}}{dev:<8}{dt:<9}{prec:<10}{s.examples:>9}{s.failures:>8}  "
                       f"{s.max_ratio:.3g}")
-    for (b, dev, dt, prec), n in sorted(XFAIL_EXAMPLES.items()):
+    for (b, dev, dt, prec), n in sorted(stats.expected_failures().items()):
         tr.write_line(f"(and {n} examples of expected failures — known deviations, not counted "
                       f"above: {b} {dev} {dt} {prec})")

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import reference.numerics as numerics
-from batchgrad_spec import harness
+from batchgrad_spec import harness, stats
 from batchgrad_spec.harness import Check, ClauseFailure, Target, check
-from batchgrad_spec.plugin import selected_backends
+from batchgrad_spec.session import selected_backends
 from batchgrad_spec.strategies import networks, problems
 from reference.contract import Config
 from reference.grads import batch_grad, forward, per_example_grads
@@ -59,13 +59,8 @@ MANY = settings(max_examples=300, deadline=None,
 @contextmanager
 def unrecorded() -> Iterator[None]:
     """Deliberately wrong results are not backend results: keep them out of the run summary."""
-    saved = {k: harness.Stat(s.examples, s.max_ratio, s.failures, s.worst)
-             for k, s in harness.STATS.items()}
-    try:
+    with stats.preserved():
         yield
-    finally:
-        harness.STATS.clear()
-        harness.STATS.update(saved)
 
 
 def caught(c: Check, observed: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],

@@ -20,8 +20,9 @@ was loaded then), and re-wrapping leaves the imported function untouched for the
 re-wrapped test has the original's source and signature, so it draws the very examples the ``ci``
 profile draws for it in ``pytest --backend ... --hypothesis-profile ci``. Shrinking is skipped to
 keep this module fast (the first failure is what is measured); ``test_contract_errors.py`` shows
-a shrunk report end to end. ``harness.STATS`` is restored after each run, so these deliberate
-failures do not appear in the session's summary of real backends.
+a shrunk report end to end. The run statistics are restored after each run
+(``stats.preserved``), so these deliberate failures do not appear in the session's summary of
+real backends.
 """
 
 from __future__ import annotations

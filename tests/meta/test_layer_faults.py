@@ -11,7 +11,6 @@ neither as tried nor as failed, and the control run replays the accepted ones in
 
 from __future__ import annotations
 
-import copy
 import functools
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from hypothesis import Phase, example, given, settings
 from hypothesis.errors import UnsatisfiedAssumption
 
-from batchgrad_spec import harness
+from batchgrad_spec import stats
 from batchgrad_spec.catching import CI, MAX_EXAMPLES, Outcome, leaves, make_target
 from batchgrad_spec.harness import ClauseFailure, Target
 from reference.problem import Problem
@@ -56,17 +55,14 @@ def run_property(test: Any, target: Target) -> Outcome:
         return result
 
     prop = given(**test.hypothesis._given_kwargs)(CI(counted))
-    saved = copy.deepcopy(harness.STATS)
     kwargs: dict[str, Any] = {"target": target}
     if target.method is not None:
         kwargs["method"] = target.method
-    try:
-        prop(**kwargs)
-    except BaseException as exc:  # noqa: B036  (an ExceptionGroup included)
-        out.error = exc
-    finally:
-        harness.STATS.clear()
-        harness.STATS.update(saved)
+    with stats.preserved():
+        try:
+            prop(**kwargs)
+        except BaseException as exc:  # noqa: B036  (an ExceptionGroup included)
+            out.error = exc
     return out
 
 
@@ -82,12 +78,8 @@ def assert_correct_backend_passes(test: Any, faulty: Target, problems: list[Prob
     kwargs: dict[str, Any] = {"target": control}
     if control.method is not None:
         kwargs["method"] = control.method
-    saved = copy.deepcopy(harness.STATS)
-    try:
+    with stats.preserved():
         prop(**kwargs)
-    finally:
-        harness.STATS.clear()
-        harness.STATS.update(saved)
 
 
 def assert_caught(fault: str, test: Any, clause: str, dtype: str, method: str | None,

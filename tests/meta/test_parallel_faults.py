@@ -21,7 +21,6 @@ while the correct engine passes every example the faulty run tried.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import importlib.util
@@ -31,7 +30,7 @@ from typing import Any
 import pytest
 from hypothesis import Phase, given, settings
 
-from batchgrad_spec import harness
+from batchgrad_spec import harness, stats
 from batchgrad_spec.distributed import Engine, Job, SimulatedEngine, _scales, engine_for, shutdown
 from batchgrad_spec.harness import ClauseFailure, Target
 from reference.contract import Config
@@ -122,14 +121,11 @@ def run_property(test: Callable[..., Any], target: Target) -> Outcome:
             out.first_failure = out.first_failure or out.calls
             raise
 
-    saved = copy.deepcopy(harness.STATS)
-    try:
-        given(**strategies)(CI(counted))(target=target)
-    except BaseException as exc:  # noqa: B036  (an ExceptionGroup included)
-        out.error = exc
-    finally:
-        harness.STATS.clear()
-        harness.STATS.update(saved)
+    with stats.preserved():
+        try:
+            given(**strategies)(CI(counted))(target=target)
+        except BaseException as exc:  # noqa: B036  (an ExceptionGroup included)
+            out.error = exc
     return out
 
 
@@ -170,15 +166,13 @@ def assert_caught(engine: Engine, correct: Engine, test: Callable[..., Any], cla
     # the same examples pass on the correct engine: the failure is the fault's
     spec = f"engine:{correct.name}"
     test_ch5_parallel.INJECTED[spec] = correct
-    saved = copy.deepcopy(harness.STATS)
     try:
         inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
-        for kwargs in out.tried:
-            inner(**{**kwargs, "target": _target(spec, clause, dtype)})
+        with stats.preserved():
+            for kwargs in out.tried:
+                inner(**{**kwargs, "target": _target(spec, clause, dtype)})
     finally:
         del test_ch5_parallel.INJECTED[spec]
-        harness.STATS.clear()
-        harness.STATS.update(saved)
 
 
 @pytest.fixture(scope="module", autouse=True)

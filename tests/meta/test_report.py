@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchgrad_spec.report import Deviation, XfailsError, aggregate, markdown, merge, parse_xfails
+from batchgrad_spec import stats
+from batchgrad_spec.catching import make_target
+from batchgrad_spec.report.markdown import markdown
+from batchgrad_spec.report.record import aggregate, merge
+from batchgrad_spec.report.xfails import Deviation, XfailsError, parse_xfails
 from batchgrad_spec.resources import ROOT
 from reference import SPEC_VERSION
 
@@ -122,6 +126,32 @@ def test_the_header_prints_backends_versions_profile_and_seed(numpy_run, faulty_
     assert f"backend {FAULTY}: numpy {np.__version__}, fault mean divides by N-1" in out, out
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_an_absent_device_is_said_once_not_per_test_and_reported_as_skip_cells(workers, tmp_path):
+    """A CPU-only run: the header says once which device is absent and how many tests that
+    leaves out; the short test summary (-ra) has no line per skipped test; the final count and
+    the conformance report still show the tests that did not run."""
+    if workers and importlib.util.find_spec("xdist") is None:
+        pytest.skip("pytest-xdist is not installed")
+    path = tmp_path / "absent.json"
+    r = run_pytest("--backend", "numpy", "--device", "cpu", "--device", "cuda", "--dtype",
+                   "float64", "-k", f"{MEAN} or {WORKED}", "-ra", "--conformance-report",
+                   str(path), *workers)
+    out = output(r)
+    assert r.returncode == 0, out
+    said = [line for line in out.splitlines() if "not present" in line]
+    assert said == ["batchgrad-spec: numpy: device 'cuda' is not present here (devices: cpu): "
+                    "3 tests skipped"], out
+    assert "SKIPPED" not in out and "short test summary" not in out, out
+    assert "3 passed, 3 skipped" in out, out
+    if not workers:  # in the header: before the first test's progress
+        assert out.index(said[0]) < out.index("tests/test_ch2_core.py ."), out
+    results = cells(json.loads(path.read_text(encoding="utf-8")))
+    assert {k[2]: v["outcome"] for k, v in results.items() if k[0] == "2.11"} == {
+        "cpu": "pass", "cuda": "skip"}
+    assert results[("2.1", "numpy", "cuda", "float64")]["outcome"] == "skip"
+
+
 def test_records_merge_into_a_matrix_with_a_fail_cell_and_a_heatmap(numpy_run, faulty_run,
                                                                      tmp_path):
     out = tmp_path / "matrix"
@@ -168,6 +198,8 @@ def test_an_xfails_file_marks_known_deviations_strictly_and_warns_about_stale_en
     assert f"XFAIL tests/test_ch2_core.py::{MEAN}[mean_over_n_minus_1-cpu-float64] - " \
            f"§2.1 divides by N-1 ({xfails}:3)" in out, out
     assert "[XPASS(strict)] §2.2 not a deviation" in out, out
+    assert ("examples of expected failures — known deviations, not counted above: "
+            "mean_over_n_minus_1 cpu float64 strict") in out, out
     assert (f"--xfails-file {xfails}:6: 'tests/test_ch2_core.py::test_no_such_test' matches "
             "no collected test") in out, out
     results = cells(json.loads(path.read_text(encoding="utf-8")))
@@ -233,6 +265,33 @@ def test_a_cell_shows_the_most_severe_outcome_of_its_items():
         "xfail", 2, 5, 9.0)
     assert "| §2.1 The gradient of the mean loss" in markdown(matrix)
     assert "⚠️ 9.00" in markdown(matrix)
+
+
+def test_the_run_statistics_keep_expected_failures_apart_and_merge_across_processes():
+    target = make_target("numpy", "2.1", "float64", None)
+    key, column = stats.key(target), ("numpy", "cpu", "float64", "strict")
+    assert key == ("2.1", *column)
+    with stats.preserved():
+        before = stats.snapshot(key)
+        expected = stats.expected_failures().get(column, 0)
+        for ratio in (0.25, 0.5, 0.125):
+            stats.count_example(target)
+            stats.count_ratio(target, ratio, f"r{ratio}")
+        stats.count_failure(target)
+        counted = stats.since(key, before)
+        assert counted is not None
+        assert (counted.examples, counted.failures, counted.max_ratio, counted.worst) == (
+            3, 1, 0.5, "r0.5")
+        stats.set_aside(key, before)  # the item ended as an expected failure
+        assert stats.snapshot(key) == before
+        assert stats.expected_failures()[column] == expected + 3
+        totals = stats.totals()
+        stats.merge(stats.export())  # as the xdist controller adds a worker's statistics
+        assert stats.expected_failures()[column] == 2 * (expected + 3)
+        assert {c: s.examples for c, s in stats.totals().items()} == {
+            c: 2 * s.examples for c, s in totals.items()}
+    assert stats.snapshot(key) == before  # preserved() forgets what was counted inside
+    assert stats.expected_failures().get(column, 0) == expected
 
 
 def test_the_example_xfails_file_parses():
