@@ -2,16 +2,23 @@
 attribute of ``batchgrad_spec.faults``, loadable as ``--backend batchgrad_spec.faults:<name>``),
 and the property of the clause that catches it. ``tests/meta/test_gallery.py`` runs every entry
 and checks the README table "Gallery of caught bugs" against ``GALLERY``;
-``python -m examples.gallery_sizes`` measures the table's figures.
+``python -m examples.gallery_sizes`` measures the table's figures; ``describe`` states a
+counterexample's size as the table does.
 
-Data only: the backends are named, not imported.
+The backends and property tests are named, not imported (``property_test`` imports a test
+module when asked).
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["CH1", "CH2", "CH3", "GALLERY", "PENDING", "Bug"]
+from reference.problem import Dense, Problem
+
+__all__ = ["CH1", "CH2", "CH3", "GALLERY", "PENDING", "Bug", "describe", "property_test"]
 
 CH1 = "tests/test_ch1_definitions.py::"
 CH2 = "tests/test_ch2_core.py::"
@@ -88,3 +95,20 @@ PENDING: tuple[tuple[str, str], ...] = ()
 """Classic bugs that need features the reference does not have yet: no gallery backend. Empty
 since chapter 5: the last one (a penalty per micro-batch) is
 ``batchgrad_spec.faults.accumulation:penalty_per_micro_batch`` now."""
+
+
+def property_test(bug: Bug) -> Callable[..., Any]:
+    """The @given test function named by ``bug.test`` ("tests/…py::name")."""
+    path, _, name = bug.test.partition("::")
+    return getattr(importlib.import_module(path[:-3].replace("/", ".")), name)
+
+
+def describe(problem: Problem) -> str:
+    """A problem's size as the README states it: N, the Dense widths, activations, loss."""
+    net = problem.network
+    widths = [d.in_features for _, d in net.dense_layers()] + [net.out_features]
+    acts = [layer.name for layer in net.layers if not isinstance(layer, Dense)]
+    extra = [", ".join(acts)] if acts else []
+    extra += ["cross-entropy"] if problem.loss.name == "softmax_cross_entropy" else []
+    return (f"N={problem.batch.size}, {'→'.join(map(str, widths))}"
+            + (f" ({'; '.join(extra)})" if extra else ""))
