@@ -19,10 +19,11 @@ gets one thing wrong. Rooms, one concern each (``base`` under all of them):
 * ``update``        chapter 6's update steps (§6.1, §6.2, §6.6)
 * ``gallery``       ``Bug``, ``GALLERY``, ``PENDING``: which property catches which classic bug
 
-Every name of these modules is an attribute of this package, whichever module defines it; a module
-is imported only when one of its names is first asked for (PEP 562), and a fault that needs torch
-is built only when it is itself asked for, so ``--backend batchgrad_spec.faults:<name>`` costs
-nothing it does not use. Each fault is also loadable from its own module,
+Every name of these modules is an attribute of this package, whichever module defines it: when a
+name is first asked for, the modules of ``_MODULES`` are imported in order until one has it (PEP
+562), and a fault that needs torch is built only when it is itself asked for, so
+``--backend batchgrad_spec.faults:<name>`` costs nothing it does not use. Each fault is also
+loadable from its own module,
 ``--backend batchgrad_spec.faults.<module>:<name>``. ``tests/meta/`` checks that each is caught by
 the clause its docstring names: ``test_faulty_backends.py``, ``test_gallery.py``,
 ``test_contract_errors.py``, ``test_loss_faults.py``, ``test_layer_faults.py``,
