@@ -20,25 +20,21 @@ Loadable as ``--backend batchgrad_spec.faults.accumulation:<name>``;
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
 
 from reference.accumulation import Accumulation, accumulate
 from reference.contract import Config, Grads
-from reference.numpy_backend import NumpyBackend
 from reference.problem import Problem
 
+from .base import Faulty
 
-class _FaultyAccumulate(NumpyBackend):
-    fault = ""
+__all__ = ["divides_by_k", "penalty_per_micro_batch", "per_micro_batch_token_mean"]
 
-    def __init__(self, name: str) -> None:
-        self.name = name
 
-    def versions(self) -> Mapping[str, str]:
-        return {**super().versions(), "fault": self.fault}
+class _FaultyAccumulate(Faulty):
+    """The reference's accumulation, run with the plan ``wrong`` makes of the given one."""
 
     def wrong(self, problem: Problem, plan: Accumulation) -> Accumulation:
         raise NotImplementedError

@@ -24,7 +24,7 @@ the reference's ``vjp_normalize`` for the statistics' axis 0, and the slope of `
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from unittest import mock
 
 import numpy as np
@@ -32,23 +32,18 @@ import numpy as np
 from reference import grads as reference_grads
 from reference.contract import Config, Grads
 from reference.grads import batch_grad
-from reference.numpy_backend import NumpyBackend
 from reference.ops import ACTIVATIONS, LEAKY_SLOPE, vjp_normalize
 from reference.problem import Problem
 
-PerExample = tuple[np.ndarray, Grads]
+from .base import Faulty, PerExample
+
+__all__ = ["bn_batch_of_one_per_example", "bn_detached_statistics",
+           "leaky_relu_slope_one_at_zero"]
 
 
-class _Faulty(NumpyBackend):
-    """The numpy reference backend under another name; subclasses change one rule."""
-
-    fault = ""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def versions(self) -> Mapping[str, str]:
-        return {**super().versions(), "fault": self.fault}
+class _Patched(Faulty):
+    """The numpy reference backend computing under ``patched()``: one rule of the reference
+    swapped for the duration of each call."""
 
     def patched(self) -> contextlib.AbstractContextManager[object]:
         return contextlib.nullcontext()
@@ -70,7 +65,7 @@ def _detached_vjp_normalize(dx: np.ndarray, xhat: np.ndarray, s: np.ndarray,
     return vjp_normalize(dx, xhat, s, axis)
 
 
-class BNDetachedStatistics(_Faulty):
+class BNDetachedStatistics(_Patched):
     """Train-mode BatchNorm's backward pass without the terms of μ_B and v_B (see module)."""
 
     fault = "BatchNorm batch statistics detached in backward"
@@ -79,7 +74,7 @@ class BNDetachedStatistics(_Faulty):
         return mock.patch.object(reference_grads, "vjp_normalize", _detached_vjp_normalize)
 
 
-class BNBatchOfOnePerExample(_Faulty):
+class BNBatchOfOnePerExample(Faulty):
     """``per_example`` returns (ℓ({x_i}), ∇L({x_i})) of each example alone when the network has
     a train-mode BatchNorm, instead of raising ``Undefined``; otherwise right."""
 
@@ -99,7 +94,7 @@ def _leaky_relu_slope_one_at_zero(z: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1.0, LEAKY_SLOPE).astype(z.dtype)
 
 
-class LeakyReluSlopeOneAtZero(_Faulty):
+class LeakyReluSlopeOneAtZero(_Patched):
     """leaky_relu'(0) = 1 instead of 0.01 (see module); right wherever no leaky_relu
     pre-activation is exactly 0."""
 

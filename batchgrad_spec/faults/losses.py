@@ -22,9 +22,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from batchgrad_spec.faults.core import PerExample, _Faulty, _reduced
 from reference.contract import Config, Grads
 from reference.problem import Loss, Problem
+
+from .base import Faulty, PerExample
+
+__all__ = ["class_weighted_mean_over_n", "ignored_targets_counted",
+           "smoothing_over_ignored_rows"]
 
 
 def _labelled(problem: Problem) -> bool:
@@ -33,23 +37,39 @@ def _labelled(problem: Problem) -> bool:
             and problem.batch.targets.dtype.kind in "iu")
 
 
-class ClassWeightedMeanOverN(_Faulty):
+class _MeanDivisor(Faulty):
+    """Labelled cross-entropy under ``mean`` where ``applies``: Σ ℓ_i / ``divisor`` instead of
+    the right normaliser; right otherwise."""
+
+    def applies(self, problem: Problem) -> bool:
+        raise NotImplementedError
+
+    def divisor(self, problem: Problem) -> float:
+        raise NotImplementedError
+
+    def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
+        if (problem.reduction.name != "mean" or not _labelled(problem)
+                or not self.applies(problem)):
+            return super().loss_and_grad(problem, config)
+        n = problem.batch.size
+        return self.reduced_by(problem, config, np.full(n, 1.0 / self.divisor(problem)))
+
+
+class ClassWeightedMeanOverN(_MeanDivisor):
     """Class-weighted cross-entropy under ``mean`` is Σ_i w[y_i] nll_i / N: the weights enter
     each ℓ_i but the normaliser is the batch size (``(w[y] * nll).mean()``), not Σ w[y_i] as
     PyTorch's ``weight=`` divides by. Right only when Σ_i w[y_i] = N."""
 
     fault = "class-weighted mean divided by N"
 
-    def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
-        if (problem.reduction.name != "mean" or not _labelled(problem)
-                or problem.loss.class_weights is None):
-            return super().loss_and_grad(problem, config)
-        losses, grads = super().per_example(problem, config, "vmap")
-        n = problem.batch.size
-        return _reduced(problem, losses, grads, np.full(n, 1.0 / n))
+    def applies(self, problem: Problem) -> bool:
+        return problem.loss.class_weights is not None
+
+    def divisor(self, problem: Problem) -> float:
+        return problem.batch.size
 
 
-class IgnoredTargetsCounted(_Faulty):
+class IgnoredTargetsCounted(_MeanDivisor):
     """Under ``mean``, every ignored label counts one in the denominator: Σ ℓ_i / (Σ_kept w[y_i]
     + #ignored) — N without class weights, as ``F.cross_entropy(reduction="none").mean()`` or
     ``jnp.mean(optax_losses)`` over masked examples gives (pitfalls #16). Right when no label
@@ -57,17 +77,15 @@ class IgnoredTargetsCounted(_Faulty):
 
     fault = "ignored labels counted in the mean"
 
-    def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
-        if (problem.reduction.name != "mean" or not _labelled(problem)
-                or problem.loss.ignore_index is None):
-            return super().loss_and_grad(problem, config)
-        losses, grads = super().per_example(problem, config, "vmap")
+    def applies(self, problem: Problem) -> bool:
+        return problem.loss.ignore_index is not None
+
+    def divisor(self, problem: Problem) -> float:
         ignored = problem.batch.targets == problem.loss.ignore_index
-        total = float(problem.counts.sum()) + float(ignored.sum())
-        return _reduced(problem, losses, grads, np.full(problem.batch.size, 1.0 / total))
+        return float(problem.counts.sum()) + float(ignored.sum())
 
 
-class SmoothingOverIgnoredRows(_Faulty):
+class SmoothingOverIgnoredRows(Faulty):
     """Label smoothing's uniform term (ε/C) Σ_k w_k (−log p_ik) is added for every row, ignored
     rows included, while the label term and the denominator skip them: the bug of
     pytorch/pytorch#73205 ("the uniform part of the loss incorrectly takes into account ignored
@@ -97,14 +115,9 @@ class SmoothingOverIgnoredRows(_Faulty):
         smeared = self._smeared(problem)
         if smeared is None:
             return super().loss_and_grad(problem, config)
-        losses, grads = super().per_example(smeared, config, "vmap")
-        return _reduced(problem, losses, grads, problem.coefficients)
+        return self.reduced_by(smeared, config, problem.coefficients)
 
 
 class_weighted_mean_over_n = ClassWeightedMeanOverN("class_weighted_mean_over_n")
 ignored_targets_counted = IgnoredTargetsCounted("ignored_targets_counted")
 smoothing_over_ignored_rows = SmoothingOverIgnoredRows("smoothing_over_ignored_rows")
-
-BACKENDS = ("class_weighted_mean_over_n", "ignored_targets_counted", "smoothing_over_ignored_rows")
-"""The names above, for ``batchgrad_spec.faults``'s lazy attributes (the gallery loads them
-there)."""

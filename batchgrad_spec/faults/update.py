@@ -18,53 +18,30 @@ checks that each is caught by its clause.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from reference.contract import Config, Grads
 from reference.grads import per_example_grads
-from reference.numpy_backend import NumpyBackend
 from reference.problem import Batch, Problem
 from reference.update import Optimizer, State, gradient, step
 
+from .base import Fault, Faulty, lazy_attributes
 
-class _FaultyTrain(NumpyBackend):
-    fault = ""
+__all__ = ["adam_counter_per_example", "online_within_batch"]  # and the torch fault, lazily
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def versions(self) -> Mapping[str, str]:
-        return {**super().versions(), "fault": self.fault}
+Params = dict[str, np.ndarray]
 
 
-class OnlineWithinBatch(_FaultyTrain):
-    """One optimiser step per example, with gradient κ_i g_i(θ_i) at the running θ_i."""
+class _FaultyTrain(Faulty):
+    """``train`` as the reference's loop (θ and the optimiser state in the dtype, one
+    ``batch_step`` per batch, θ returned in float64), with the step of a batch done wrong."""
 
-    fault = "one optimiser step per example inside the batch"
-
-    def train(self, problem: Problem, config: Config, optimizer: Optimizer,
-              batches: Sequence[Batch]) -> Grads:
-        dt = np.dtype(config.dtype)
-        theta = {k: v.astype(dt) for k, v in problem.params.items()}
-        state = State()
-        with np.errstate(all="ignore"):
-            for b in batches:
-                kappa = problem.with_batch(b).coefficients
-                for i in range(b.size):
-                    one = problem.with_params(theta).with_batch(b.take([i]))
-                    _, g = per_example_grads(one, dt)
-                    share = {k: dt.type(kappa[i]) * v[0] for k, v in g.items()}
-                    theta, state = step(optimizer, theta, share, state, dt)
-        return {k: v.astype(np.float64) for k, v in theta.items()}
-
-
-class AdamCounterPerExample(_FaultyTrain):
-    """The right gradient, but Adam's counter t advances by N (the batch size) per step."""
-
-    fault = "Adam step counter advanced per example"
+    def batch_step(self, problem: Problem, optimizer: Optimizer, theta: Params, state: State,
+                   batch: Batch, dt: np.dtype) -> tuple[Params, State]:
+        raise NotImplementedError
 
     def train(self, problem: Problem, config: Config, optimizer: Optimizer,
               batches: Sequence[Batch]) -> Grads:
@@ -72,33 +49,59 @@ class AdamCounterPerExample(_FaultyTrain):
         theta = {k: v.astype(dt) for k, v in problem.params.items()}
         state = State()
         for b in batches:
-            if optimizer.adam:
-                state.t += b.size - 1
-            theta, state = step(optimizer, theta, gradient(problem, theta, b, dt), state, dt)
+            theta, state = self.batch_step(problem, optimizer, theta, state, b, dt)
         return {k: v.astype(np.float64) for k, v in theta.items()}
+
+
+class OnlineWithinBatch(_FaultyTrain):
+    """One optimiser step per example, with gradient κ_i g_i(θ_i) at the running θ_i."""
+
+    fault = "one optimiser step per example inside the batch"
+
+    def batch_step(self, problem: Problem, optimizer: Optimizer, theta: Params, state: State,
+                   batch: Batch, dt: np.dtype) -> tuple[Params, State]:
+        with np.errstate(all="ignore"):
+            kappa = problem.with_batch(batch).coefficients
+            for i in range(batch.size):
+                one = problem.with_params(theta).with_batch(batch.take([i]))
+                _, g = per_example_grads(one, dt)
+                share = {k: dt.type(kappa[i]) * v[0] for k, v in g.items()}
+                theta, state = step(optimizer, theta, share, state, dt)
+        return theta, state
+
+
+class AdamCounterPerExample(_FaultyTrain):
+    """The right gradient, but Adam's counter t advances by N (the batch size) per step."""
+
+    fault = "Adam step counter advanced per example"
+
+    def batch_step(self, problem: Problem, optimizer: Optimizer, theta: Params, state: State,
+                   batch: Batch, dt: np.dtype) -> tuple[Params, State]:
+        if optimizer.adam:
+            state.t += batch.size - 1
+        return step(optimizer, theta, gradient(problem, theta, batch, dt), state, dt)
 
 
 def _torch_autocast_around_the_loop() -> Any:
     """PyTorch's backend whose ``train`` runs the whole loop inside one precision region."""
     from batchgrad_spec.backends import torch_backend as tb
 
-    class AutocastAroundTheLoop(tb.TorchBackend):
+    class AutocastAroundTheLoop(Fault, tb.TorchBackend):
         name = "torch_autocast_around_the_loop"
-
-        def versions(self) -> Mapping[str, str]:
-            return {**super().versions(), "fault": "training loop inside one autocast region"}
+        fault = "training loop inside one autocast region"
 
         def train(self, problem: Problem, config: Config, optimizer: Optimizer,
                   batches: Sequence[Batch]) -> Grads:
-            with tb._strict(config):  # autocast's weight cache lives until this region ends
+            # autocast's weight cache lives until this region ends
+            with tb.precision_region(config):
                 model = tb.build_model(problem, config)
                 opt = tb.torch_optimizer(model.parameters(), optimizer)
                 for batch in batches:
-                    x, y, c = tb._tensors(problem.with_batch(batch), config)
+                    x, y, c = tb.tensors(problem.with_batch(batch), config)
                     opt.zero_grad(set_to_none=True)
                     tb.reduced_loss(problem, model(x), y, c).backward()
                     opt.step()
-                return {n: tb._numpy(p) for n, p in model.named_parameters()}
+                return {n: tb.to_numpy(p) for n, p in model.named_parameters()}
 
     return AutocastAroundTheLoop()
 
@@ -106,15 +109,5 @@ def _torch_autocast_around_the_loop() -> Any:
 online_within_batch = OnlineWithinBatch("online_within_batch")
 adam_counter_per_example = AdamCounterPerExample("adam_counter_per_example")
 
-_LAZY: dict[str, Callable[[], Any]] = {
-    "torch_autocast_around_the_loop": _torch_autocast_around_the_loop}
-_built: dict[str, Any] = {}
-
-
-def __getattr__(name: str) -> Any:
-    """Backends that need an optional framework, built when first asked for (PEP 562)."""
-    if name in _LAZY:
-        if name not in _built:
-            _built[name] = _LAZY[name]()
-        return _built[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {
+    "torch_autocast_around_the_loop": _torch_autocast_around_the_loop})
