@@ -102,7 +102,7 @@ def test_a_backend_that_raises_fails_the_clause_with_a_message_naming_the_call()
     assert "The above exception was the direct cause" not in out, out
     assert "reference/contract.py" not in out, out
     report = out[headline:]
-    assert "raised at " in report and "faults/core.py" in report, report
+    assert "raised at " in report and "faults/contract.py" in report, report
     assert "backend=raises " in report and "dtype=float64" in report, report
     assert "method=vmap" in report, report
     assert ("the backend broke the contract: backend 'raises' loss_and_grad on "
