@@ -1,6 +1,7 @@
 """The data-parallel clauses catch wrong all-reduces (spec §5.6, §5.7).
 
-The property tests of ``tests/test_ch5_parallel.py`` are run, under the ``ci`` profile
+The property tests of ``tests/test_ch5_parallel.py`` (defined in
+``batchgrad_spec.properties.parallel``) are run, under the ``ci`` profile
 (derandomised; shrinking skipped), against deliberately wrong data-parallel engines:
 
 * ``sum_without_dividing``: the rank-mean scheme all-reduces with SUM and never divides by R
@@ -29,22 +30,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import given
 
 from batchgrad_spec import harness
+from batchgrad_spec.catching import CI, leaves
 from batchgrad_spec.distributed import Engine, Job, SimulatedEngine, _scales, engine_for, shutdown
 from batchgrad_spec.harness import ClauseFailure, Target
+from batchgrad_spec.properties import parallel
 from reference.contract import Config
 from reference.parallel import rank_mean_scales, summed_scales
 from reference.problem import Problem
-from tests import test_ch5_parallel
 
 pytestmark = pytest.mark.meta
 
-CI = settings(settings.get_profile("ci"), database=None,
-              phases=[Phase.explicit, Phase.reuse, Phase.generate])
-T5_6 = test_ch5_parallel.test_rank_averaged_gradient_over_equal_shards_is_the_full_batch_gradient
-T5_7 = test_ch5_parallel.test_count_weighted_all_reduce_over_any_shards_is_the_full_batch_gradient
+T5_6 = parallel.test_rank_averaged_gradient_over_equal_shards_is_the_full_batch_gradient
+T5_7 = parallel.test_count_weighted_all_reduce_over_any_shards_is_the_full_batch_gradient
 
 
 def _sum_without_dividing(job: Job, parts: list[Problem]) -> tuple[list[float], float]:
@@ -106,7 +106,9 @@ class Outcome:
 
 def run_property(test: Callable[..., Any], target: Target) -> Outcome:
     """Run ``test``'s property against ``target`` under the ``ci`` settings (the examples the
-    suite draws for it, at most ``ci``'s max_examples), counting examples."""
+    suite draws for it, at most ``ci``'s max_examples), counting examples. Unlike
+    ``batchgrad_spec.catching.run_property``, which keeps the ``problem`` of each example, this
+    keeps every drawn argument (the shards ``case``, λ), to replay them on the correct engine."""
     inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
     strategies = test.hypothesis._given_kwargs  # type: ignore[attr-defined]
     out = Outcome(None)
@@ -133,12 +135,6 @@ def run_property(test: Callable[..., Any], target: Target) -> Outcome:
     return out
 
 
-def leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(getattr(exc, "exceptions", None), tuple):
-        return [leaf for sub in exc.exceptions for leaf in leaves(sub)]
-    return [exc]
-
-
 def _target(spec: str, clause: str, dtype: str) -> Target:
     return Target(spec, harness.load("numpy"), Config("cpu", dtype), clause=clause)
 
@@ -147,11 +143,11 @@ def assert_caught(engine: Engine, correct: Engine, test: Callable[..., Any], cla
                   dtype: str) -> None:
     __tracebackhide__ = True
     spec = f"engine:{engine.name}"
-    test_ch5_parallel.INJECTED[spec] = engine
+    parallel.INJECTED[spec] = engine
     try:
         out = run_property(test, _target(spec, clause, dtype))
     finally:
-        del test_ch5_parallel.INJECTED[spec]
+        del parallel.INJECTED[spec]
     assert out.error is not None, f"{engine.name} passed §{clause} ({out.calls} examples)"
     for f in leaves(out.error):
         if not isinstance(f, ClauseFailure):
@@ -161,7 +157,7 @@ def assert_caught(engine: Engine, correct: Engine, test: Callable[..., Any], cla
         assert text.startswith(f"§{clause} ") and f"dtype={dtype}" in text, text
         assert f"{engine.name} rank 0: " in text, text
         assert any(n.startswith(f"# Reproduce §{clause} ") for n in f.__notes__), f.__notes__
-    limit = test_ch5_parallel.examples(CI)
+    limit = parallel.examples(CI)
     assert out.first_failure is not None and out.first_failure <= limit, (
         f"{engine.name} first failed §{clause} at example {out.first_failure}, beyond the "
         f"{limit} examples the suite runs under the ci profile")
@@ -169,14 +165,14 @@ def assert_caught(engine: Engine, correct: Engine, test: Callable[..., Any], cla
           end="")
     # the same examples pass on the correct engine: the failure is the fault's
     spec = f"engine:{correct.name}"
-    test_ch5_parallel.INJECTED[spec] = correct
+    parallel.INJECTED[spec] = correct
     saved = copy.deepcopy(harness.STATS)
     try:
         inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
         for kwargs in out.tried:
             inner(**{**kwargs, "target": _target(spec, clause, dtype)})
     finally:
-        del test_ch5_parallel.INJECTED[spec]
+        del parallel.INJECTED[spec]
         harness.STATS.clear()
         harness.STATS.update(saved)
 
