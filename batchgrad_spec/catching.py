@@ -44,6 +44,7 @@ class Outcome:
     stats_examples: int = 0  # what harness.STATS counted for this target during the run
     tried: list[Problem] = field(default_factory=list)  # up to and including the first failure
     failing: list[Problem] = field(default_factory=list)  # every failing example, in order
+    drawn: list[dict[str, Any]] = field(default_factory=list)  # every argument, as in ``tried``
 
 
 def make_target(spec: str, clause: str, dtype: str, method: str | None) -> Target:
@@ -63,12 +64,15 @@ def run_property(test: Callable[..., Any], target: Target, *, profile: settings 
     def counted(**kwargs: Any) -> Any:
         out.calls += 1
         if out.first_failure is None:
-            out.tried.append(kwargs["problem"])
+            out.drawn.append(kwargs)
+            if "problem" in kwargs:  # (a data-parallel property draws its problem in a ``case``)
+                out.tried.append(kwargs["problem"])
         try:
             return inner(**kwargs)
         except Exception:
             out.first_failure = out.first_failure or out.calls
-            out.failing.append(kwargs["problem"])
+            if "problem" in kwargs:
+                out.failing.append(kwargs["problem"])
             raise
 
     prop = given(**strategies)(profile(counted))

@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import importlib.util
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
 
 from batchgrad_spec import harness
-from batchgrad_spec.catching import CI, leaves
+from batchgrad_spec.catching import CI, leaves, run_property
 from batchgrad_spec.distributed import Engine, Job, SimulatedEngine, _scales, engine_for, shutdown
 from batchgrad_spec.harness import ClauseFailure, Target
 from batchgrad_spec.properties import parallel
@@ -96,45 +94,6 @@ def _faulty_torch(fault: str) -> Engine:
     return SwappedScheme(engine_for("torch"), f"torch:{fault}", *instead)
 
 
-@dataclasses.dataclass
-class Outcome:
-    error: BaseException | None
-    first_failure: int | None = None
-    calls: int = 0
-    tried: list[Any] = dataclasses.field(default_factory=list)
-
-
-def run_property(test: Callable[..., Any], target: Target) -> Outcome:
-    """Run ``test``'s property against ``target`` under the ``ci`` settings (the examples the
-    suite draws for it, at most ``ci``'s max_examples), counting examples. Unlike
-    ``batchgrad_spec.catching.run_property``, which keeps the ``problem`` of each example, this
-    keeps every drawn argument (the shards ``case``, λ), to replay them on the correct engine."""
-    inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
-    strategies = test.hypothesis._given_kwargs  # type: ignore[attr-defined]
-    out = Outcome(None)
-
-    @functools.wraps(inner)
-    def counted(**kwargs: Any) -> Any:
-        out.calls += 1
-        if out.first_failure is None:
-            out.tried.append(kwargs)
-        try:
-            return inner(**kwargs)
-        except Exception:
-            out.first_failure = out.first_failure or out.calls
-            raise
-
-    saved = copy.deepcopy(harness.STATS)
-    try:
-        given(**strategies)(CI(counted))(target=target)
-    except BaseException as exc:  # noqa: B036  (an ExceptionGroup included)
-        out.error = exc
-    finally:
-        harness.STATS.clear()
-        harness.STATS.update(saved)
-    return out
-
-
 def _target(spec: str, clause: str, dtype: str) -> Target:
     return Target(spec, harness.load("numpy"), Config("cpu", dtype), clause=clause)
 
@@ -169,7 +128,7 @@ def assert_caught(engine: Engine, correct: Engine, test: Callable[..., Any], cla
     saved = copy.deepcopy(harness.STATS)
     try:
         inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
-        for kwargs in out.tried:
+        for kwargs in out.drawn:
             inner(**{**kwargs, "target": _target(spec, clause, dtype)})
     finally:
         del parallel.INJECTED[spec]
