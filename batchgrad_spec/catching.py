@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hypothesis import Phase, given, settings
@@ -26,8 +26,9 @@ from reference.problem import Problem
 from . import harness, profiles, stats  # noqa: F401  (registers the ci profile)
 from .harness import ClauseFailure, Target
 
-__all__ = ["CI", "MAX_EXAMPLES", "Outcome", "assert_caught", "assert_correct_backend_passes",
-           "leaves", "make_target", "run_property"]
+__all__ = ["CI", "MAX_EXAMPLES", "Outcome", "assert_caught", "assert_caught_by_a_rerun",
+           "assert_correct_backend_passes", "clause_failures", "leaves", "make_target",
+           "run_property"]
 
 CI = settings(settings.get_profile("ci"), database=None,
               phases=[Phase.explicit, Phase.reuse, Phase.generate])
@@ -43,6 +44,7 @@ class Outcome:
     stats_examples: int = 0  # what the run statistics counted for this target in the run
     tried: list[Problem] = field(default_factory=list)  # up to and including the first failure
     failing: list[Problem] = field(default_factory=list)  # every failing example, in order
+    drawn: list[dict[str, Any]] = field(default_factory=list)  # every argument, as in ``tried``
 
 
 def make_target(spec: str, clause: str, dtype: str, method: str | None) -> Target:
@@ -62,12 +64,15 @@ def run_property(test: Callable[..., Any], target: Target, *, profile: settings 
     def counted(**kwargs: Any) -> Any:
         out.calls += 1
         if out.first_failure is None:
-            out.tried.append(kwargs["problem"])
+            out.drawn.append(kwargs)
+            if "problem" in kwargs:  # (a data-parallel property draws its problem in a ``case``)
+                out.tried.append(kwargs["problem"])
         try:
             return inner(**kwargs)
         except Exception:
             out.first_failure = out.first_failure or out.calls
-            out.failing.append(kwargs["problem"])
+            if "problem" in kwargs:
+                out.failing.append(kwargs["problem"])
             raise
 
     prop = given(**strategies)(profile(counted))
@@ -107,14 +112,12 @@ def assert_correct_backend_passes(test: Callable[..., Any], faulty: Target,
             inner(problem=problem, **kwargs)
 
 
-def assert_caught(fault: str, test: Callable[..., Any], clause: str, dtype: str,
-                  method: str | None, message: tuple[str, ...] = (),
-                  **strategies: Any) -> list[ClauseFailure]:
-    """Run ``test`` against ``batchgrad_spec.faults:<fault>``: it must fail with §``clause``, and
-    one of the failures must contain one of ``message``."""
+def clause_failures(out: Outcome, fault: str, clause: str, dtype: str, method: str | None = None,
+                    message: tuple[str, ...] = (), repro: str = "") -> list[ClauseFailure]:
+    """The failures of a run against the faulty backend ``fault``: it failed, within MAX_EXAMPLES,
+    and only with §``clause`` failures naming the backend and dtype, each with a repro note
+    (containing ``repro``); one of them contains one of ``message``."""
     __tracebackhide__ = True
-    target = make_target(f"batchgrad_spec.faults:{fault}", clause, dtype, method)
-    out = run_property(test, target, **strategies)
     assert out.error is not None, (
         f"{fault} passed §{clause} on {dtype} {method or ''} ({out.calls} examples)")
     failures = leaves(out.error)
@@ -125,11 +128,24 @@ def assert_caught(fault: str, test: Callable[..., Any], clause: str, dtype: str,
         text = str(f)
         assert text.startswith(f"§{clause} "), text
         assert f"backend={fault} " in text and f"dtype={dtype}" in text, text
-        assert any(n.startswith(f"# Reproduce §{clause} ") for n in f.__notes__), f.__notes__
+        assert any(n.startswith(f"# Reproduce §{clause} ") and repro in n
+                   for n in f.__notes__), f.__notes__
     if message:
         assert any(m in str(f) for f in failures for m in message), (
             f"no failure of {fault} says any of {message}: {[str(f) for f in failures]}")
     assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
+    return failures  # type: ignore[return-value]
+
+
+def assert_caught(fault: str, test: Callable[..., Any], clause: str, dtype: str,
+                  method: str | None, message: tuple[str, ...] = (),
+                  **strategies: Any) -> list[ClauseFailure]:
+    """Run ``test`` against ``batchgrad_spec.faults:<fault>``: it must fail with §``clause``, and
+    one of the failures must contain one of ``message``."""
+    __tracebackhide__ = True
+    target = make_target(f"batchgrad_spec.faults:{fault}", clause, dtype, method)
+    out = run_property(test, target, **strategies)
+    failures = clause_failures(out, fault, clause, dtype, method, message)
     assert out.stats_examples >= out.first_failure  # the run statistics counted them too
     where = " (N >= 2)" if strategies else ""
     print(f"\n{fault + where:<29} {dtype:<8} {method or '-':<5} caught by §{clause:<4} at example "
@@ -137,3 +153,27 @@ def assert_caught(fault: str, test: Callable[..., Any], clause: str, dtype: str,
           f"failure{'s' if len(failures) > 1 else ''})", end="")
     assert_correct_backend_passes(test, target, out.tried + out.failing[-len(failures):])
     return failures  # type: ignore[return-value]
+
+
+def assert_caught_by_a_rerun(spec: str, test: Callable[..., Any], clause: str, dtype: str, *,
+                             precision: str = "strict", control: str = "numpy",
+                             message: tuple[str, ...] = (), repro: str = "") -> int:
+    """Run ``test`` against the faulty backend ``spec`` (a ``module:attribute``) in ``precision``:
+    it must fail as ``clause_failures`` says; then the whole property, rerun against the correct
+    backend ``control`` in the same configuration, must pass at least as many examples (the same
+    derandomised examples, which do not depend on the backend). For properties that draw more
+    than a problem (``st.data()``, a rate), whose examples ``assert_caught`` cannot replay one by
+    one. Returns the example that first failed."""
+    __tracebackhide__ = True
+    target = make_target(spec, clause, dtype, None)
+    target = replace(target, config=replace(target.config, precision=precision))
+    fault = target.backend.name
+    out = run_property(test, target)
+    clause_failures(out, fault, clause, dtype, None, message, repro)
+    assert out.first_failure is not None
+    right = replace(make_target(control, clause, dtype, None), config=target.config)
+    passed = run_property(test, right)
+    assert passed.error is None, f"{control} fails §{clause} too: {passed.error}"
+    assert passed.calls >= out.first_failure
+    print(f"\n{fault:<27} {dtype:<8} caught by §{clause} at example {out.first_failure}", end="")
+    return out.first_failure

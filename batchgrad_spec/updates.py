@@ -104,9 +104,15 @@ class UpdateCheck(Check):
     optimizer: Optimizer | None = None
     batches_src = "[problem.batch]"
 
-    def train(self, optimizer: Optimizer, batches: Sequence[Batch]) -> Grads:
-        return checked_train(self.target.backend, self.problem, self.target.config, optimizer,
-                             batches)
+    def train(self, optimizer: Optimizer, batches: Sequence[Batch], *,
+              expr: str = "batches") -> Grads:
+        """The backend's θ after training on ``batches`` (written ``expr`` in the repro snippet,
+        with the snippet's ``optimizer``); the check remembers the call, for ``close``."""
+        theta = checked_train(self.target.backend, self.problem, self.target.config, optimizer,
+                              batches)
+        self._made.append(theta)  # as Check._remember, for a call that returns one value
+        self._call_of[id(theta)] = f"checked_train(backend, problem, config, optimizer, {expr})"
+        return theta
 
     def trajectory(self, optimizer: Optimizer, batches: Sequence[Batch], src: str,
                    what: str = "θ") -> list[Grads]:
@@ -121,7 +127,7 @@ class UpdateCheck(Check):
             assume(stays_bounded(p, optimizer, batches))
         reached: list[Grads] = [dict(p.params)]
         for k in range(1, len(batches) + 1):
-            reached.append(self.train(optimizer, batches[:k]))
+            reached.append(self.train(optimizer, batches[:k], expr=f"batches[:{k}]"))
         expected = shadow(p, optimizer, batches, reached[:-1])
         tol = update_tolerance(p, optimizer, batches, reached[:-1], self.target.config.dtype,
                                self.target.config.precision)
@@ -129,8 +135,6 @@ class UpdateCheck(Check):
             before = ("[problem.params] + [checked_train(backend, problem, config, optimizer, "
                       f"batches[:j]) for j in range(1, {k + 1})]")
             self.close(reached[k + 1], expected[k], tol[k], what=f"{what} after step {k + 1}",
-                       call=f"checked_train(backend, problem, config, optimizer, "
-                            f"batches[:{k + 1}])",
                        expect=f"shadow(problem, optimizer, batches[:{k + 1}], {before})[{k}]")
         return reached
 

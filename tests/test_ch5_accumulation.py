@@ -14,6 +14,9 @@ reference's own bound on ∇L. The schemes that are *not* exact are shown by a c
 Hypothesis finds (``hypothesis.find``) on the float64 reference — a difference larger than the
 tolerance at the backend's dtype — and that the backend then reproduces: its G matches the
 scheme's own exact value, and differs from the full-batch gradient by more than the tolerance.
+
+The check, the micro-batch splits and the properties the meta-tests run too (§5.1, §5.2, §5.4)
+are in ``batchgrad_spec.properties.accumulation``; they are collected here.
 """
 
 from __future__ import annotations
@@ -26,7 +29,19 @@ import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
-from batchgrad_spec.harness import Check, Target
+from batchgrad_spec.harness import Target
+from batchgrad_spec.properties.accumulation import (  # noqa: F401 — run here and by meta-tests
+    LAMBDAS,
+    MAX_PARTS,
+    AccumulationCheck,
+    Scheme,
+    cases,
+    split_matches_full_batch,
+    splits,
+    test_an_l2_penalty_added_once_per_step_contributes_lambda_theta_whatever_k,
+    test_micro_batch_means_weighted_by_n_k_over_n_accumulate_to_the_full_batch_mean_gradient,
+    test_token_level_accumulation_divides_summed_token_losses_by_the_whole_batch_token_count,
+)
 from batchgrad_spec.strategies import loss_problems, networks, problems
 from reference.accumulation import (
     Accumulation,
@@ -40,14 +55,10 @@ from reference.accumulation import (
     tolerance,
     with_l2,
 )
-from reference.contract import BackendError, accumulation_methods, checked_accumulate, implements
-from reference.grads import Grads
+from reference.contract import accumulation_methods, implements
 from reference.numerics import REFERENCE
 from reference.parallel import shards
 from reference.problem import Problem
-
-MAX_PARTS = 4
-"""Micro-batches per step: K in 1..4 (N ≤ 8 examples, ≤ 4 sequences)."""
 
 
 # -- skipping backends without the optional method ------------------------------------------------
@@ -72,99 +83,6 @@ def _needs_accumulate(request: pytest.FixtureRequest) -> None:
     if need not in accumulation_methods(b):
         pytest.skip(f"backend {b.name} has no {need!r} accumulator (it offers "
                     f"{accumulation_methods(b)})")
-
-
-# -- micro-batch splits ---------------------------------------------------------------------------
-def splits(n: int, *, equal: bool = False, min_parts: int = 1,
-           max_parts: int = MAX_PARTS) -> st.SearchStrategy[tuple[int, ...]]:
-    """Sizes (n_1..n_K) of consecutive micro-batches of a batch of ``n``: K in
-    [min_parts, max_parts], any composition of n, or (``equal``) K dividing n with n_k = n/K.
-    Shrinks towards few micro-batches, the first ones small."""
-    top = min(n, max_parts)
-    if n == 1:
-        return st.just((1,))
-    if equal:
-        ks = [k for k in range(max(min_parts, 1), top + 1) if n % k == 0]
-        return st.sampled_from(ks).map(lambda k: (n // k,) * k)
-
-    @st.composite
-    def build(draw: st.DrawFn) -> tuple[int, ...]:
-        k = draw(st.integers(min(min_parts, top), top))
-        cuts = sorted(draw(st.sets(st.integers(1, n - 1), min_size=k - 1, max_size=k - 1)))
-        bounds = [0, *cuts, n]
-        return tuple(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-
-    return build()
-
-
-def cases(problem_strategy: st.SearchStrategy[Problem], *, equal: bool = False,
-          min_parts: int = 2) -> st.SearchStrategy[tuple[Problem, tuple[int, ...]]]:
-    """(problem, sizes): for ``hypothesis.find``, which searches one strategy."""
-    return problem_strategy.flatmap(lambda p: st.tuples(
-        st.just(p), splits(p.batch.size, equal=equal, min_parts=min_parts)))
-
-
-# -- the check ------------------------------------------------------------------------------------
-class AccumulationCheck(Check):
-    """``Check`` with the backend's ``accumulate`` and repro snippets that can call it."""
-
-    def __init__(self, target: Target, problem: Problem) -> None:
-        super().__init__(target, problem)
-        self.last: tuple[str, str] | None = None
-
-    def __exit__(self, typ: type | None, exc: BaseException | None, tb: object) -> None:
-        __tracebackhide__ = True
-        if isinstance(exc, BackendError) and exc.call == "accumulate" and self.last:
-            self.fail(f"the backend broke the contract: {exc}", snippet=self.last)
-        super().__exit__(typ, exc, tb)
-
-    def accumulate(self, plan: Accumulation, method: str = "sum",
-                   problem: Problem | None = None, on: str = "problem") -> tuple[Grads, str]:
-        """The backend's G for ``plan`` (on ``problem``, written ``on`` in the snippet)."""
-        call = f"checked_accumulate(backend, {on}, config, {plan!r}, {method!r})"
-        self.last = (call, f"accumulate({on}, {plan!r})")
-        g = checked_accumulate(self.target.backend, problem or self.problem,
-                               self.target.config, plan, method)
-        return g, call
-
-    def matches_full_batch(self, plan: Accumulation, method: str = "sum", times: float = 1.0,
-                           what: str = "G") -> None:
-        """The backend's G equals times × ∇L of the whole batch (+ λθ Σ t_k)."""
-        __tracebackhide__ = True
-        g, call = self.accumulate(plan, method)
-        cfg = self.target.config
-        tol = full_batch_tolerance(self.problem, plan, cfg.dtype, cfg.precision, method, times)
-        self.close(g, full_batch_gradient(self.problem, plan, times), tol, what=what, call=call,
-                   expect=f"full_batch_gradient(problem, {plan!r}, {times!r})")
-
-    def differs_from_full_batch(self, plan: Accumulation, method: str = "sum",
-                                what: str = "G") -> None:
-        """The backend computes the scheme (G within tolerance of the plan's exact value) and
-        that G lies farther than the tolerance from the whole batch's gradient."""
-        __tracebackhide__ = True
-        g, call = self.accumulate(plan, method)
-        cfg = self.target.config
-        self.close(g, accumulate(self.problem, plan),
-                   tolerance(self.problem, plan, cfg.dtype, cfg.precision, method),
-                   what=f"{what} (the scheme's own value)", call=call,
-                   expect=f"accumulate(problem, {plan!r})")
-        full = full_batch_gradient(self.problem, plan)
-        tol = full_batch_tolerance(self.problem, plan, cfg.dtype, cfg.precision, method)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = max(float(np.max(np.where(g[k] == full[k], 0.0,
-                                              np.abs(g[k] - full[k]) / tol[k]))) for k in full)
-        if ratio <= 1:
-            self.fail(f"{what} matches the full-batch gradient within the tolerance (largest "
-                      f"error/tolerance {ratio:.3g}) on the counterexample Hypothesis found; the "
-                      f"clause says this scheme differs from it",
-                      snippet=(call, f"full_batch_gradient(problem, {plan!r})"))
-
-    def repro(self, call: str, expect: str) -> str:
-        lines = super().repro(call, expect).split("\n")
-        at = lines.index("from reference import *") + 1
-        lines[at:at] = ["from reference.accumulation import *",
-                        "from reference.contract import checked_accumulate"]
-        return "\n".join(lines)
 
 
 def exceeds(problem: Problem, plan: Accumulation, dtype: str, mode: str,
@@ -192,7 +110,7 @@ _FOUND: dict[tuple[str, str, str], tuple[Problem, tuple[int, ...]]] = {}
 
 
 def found(strategy: st.SearchStrategy[tuple[Problem, tuple[int, ...]]],
-          scheme: Callable[[Problem, tuple[int, ...]], Accumulation], target: Target,
+          scheme: Scheme, target: Target,
           method: str = "sum", key: str = "") -> tuple[Problem, tuple[int, ...]]:
     """The smallest (problem, sizes) Hypothesis finds where ``scheme`` is not the full-batch
     gradient (``hypothesis.find`` raises NoSuchExample if there is none).
@@ -214,25 +132,11 @@ def found(strategy: st.SearchStrategy[tuple[Problem, tuple[int, ...]]],
 
 
 # -- §5.1 any split, weighted by n_k/N ------------------------------------------------------------
-MEAN = problems(reductions=("mean",))
-
-
-@pytest.mark.clause("5.1")
-@given(problem=MEAN, data=st.data())
-def test_micro_batch_means_weighted_by_n_k_over_n_accumulate_to_the_full_batch_mean_gradient(
-        target, problem, data):
-    sizes = data.draw(splits(problem.batch.size), label="sizes")
-    with AccumulationCheck(target, problem) as c:
-        c.matches_full_batch(count_weighted(c.problem, sizes), what="Σ_k (n_k/N) ∇mean_k")
-
-
 @pytest.mark.clause("5.1")
 @given(problem=problems(reductions=("mean",), min_batch=2), data=st.data())
 def test_the_mean_of_micro_batch_mean_gradients_is_the_full_batch_gradient_for_equal_sizes(
         target, problem, data):
-    sizes = data.draw(splits(problem.batch.size, equal=True), label="sizes")
-    with AccumulationCheck(target, problem) as c:
-        c.matches_full_batch(naive(c.problem, sizes), what="(1/K) Σ_k ∇mean_k")
+    split_matches_full_batch(target, problem, data, naive, "(1/K) Σ_k ∇mean_k", equal=True)
 
 
 @pytest.mark.clause("5.1")
@@ -245,26 +149,13 @@ def test_hypothesis_finds_unequal_micro_batches_where_the_mean_of_their_means_is
 
 
 # -- §5.2 token-level losses ----------------------------------------------------------------------
-TOKENS = loss_problems(sequences=True, reductions=("mean",))
-
-
-@pytest.mark.clause("5.2")
-@given(problem=TOKENS, data=st.data())
-def test_token_level_accumulation_divides_summed_token_losses_by_the_whole_batch_token_count(
-        target, problem, data):
-    sizes = data.draw(splits(problem.batch.size), label="sizes")
-    with AccumulationCheck(target, problem) as c:
-        c.matches_full_batch(global_normaliser(c.problem, sizes), what="Σ_k ∇(sum_k)/Ω")
-
-
 @pytest.mark.clause("5.2")
 @given(problem=loss_problems(sequences=True, reductions=("mean",), empty_sequences=False),
        data=st.data())
 def test_local_token_means_weighted_by_their_share_of_the_tokens_give_the_full_gradient(
         target, problem, data):
-    sizes = data.draw(splits(problem.batch.size), label="sizes")
-    with AccumulationCheck(target, problem) as c:
-        c.matches_full_batch(count_weighted(c.problem, sizes), what="Σ_k (Ω_k/Ω) ∇(token mean)_k")
+    split_matches_full_batch(target, problem, data, count_weighted,
+                             "Σ_k (Ω_k/Ω) ∇(token mean)_k")
 
 
 @pytest.mark.clause("5.2")
@@ -277,10 +168,10 @@ def test_a_micro_batch_without_valid_tokens_contributes_exactly_zero(target, pro
         plan = global_normaliser(c.problem, sizes)
         empty = c.problem.with_batch(c.problem.batch.take([n - 1]))
         alone = Accumulation((1,), plan.scales[-1:], plan.reduction)
-        g, call = c.accumulate(alone, problem=empty,
-                               on=f"problem.with_batch(problem.batch.take([{n - 1}]))")
+        g = c.accumulate(alone, problem=empty,
+                         on=f"problem.with_batch(problem.batch.take([{n - 1}]))")
         zero = {k: np.zeros_like(v) for k, v in g.items()}
-        c.close(g, zero, zero, what="∇(sum)/Ω of a micro-batch without valid tokens", call=call,
+        c.close(g, zero, zero, what="∇(sum)/Ω of a micro-batch without valid tokens",
                 expect="{k: np.zeros_like(v) for k, v in problem.params.items()}")
         c.matches_full_batch(plan, what="Σ_k ∇(sum_k)/Ω with an empty micro-batch")
 
@@ -307,9 +198,7 @@ WEIGHTED = loss_problems(losses=("softmax_cross_entropy",), class_weights=True,
 @given(problem=WEIGHTED, data=st.data())
 def test_class_weighted_accumulation_divides_by_the_whole_batch_sum_of_label_weights(
         target, problem, data):
-    sizes = data.draw(splits(problem.batch.size), label="sizes")
-    with AccumulationCheck(target, problem) as c:
-        c.matches_full_batch(global_normaliser(c.problem, sizes), what="Σ_k ∇(sum_k)/Σ w[y_i]")
+    split_matches_full_batch(target, problem, data, global_normaliser, "Σ_k ∇(sum_k)/Σ w[y_i]")
 
 
 @pytest.mark.clause("5.3")
@@ -317,9 +206,7 @@ def test_class_weighted_accumulation_divides_by_the_whole_batch_sum_of_label_wei
                              ignore_index=False, reductions=("mean",)), data=st.data())
 def test_local_weighted_means_weighted_by_their_share_of_label_weight_give_the_full_gradient(
         target, problem, data):
-    sizes = data.draw(splits(problem.batch.size), label="sizes")
-    with AccumulationCheck(target, problem) as c:
-        c.matches_full_batch(count_weighted(c.problem, sizes), what="Σ_k (Ω_k/Ω) ∇mean_k")
+    split_matches_full_batch(target, problem, data, count_weighted, "Σ_k (Ω_k/Ω) ∇mean_k")
 
 
 def by_examples(problem: Problem, sizes: tuple[int, ...]) -> Accumulation:
@@ -339,20 +226,6 @@ def test_hypothesis_finds_that_local_weighted_means_weighted_by_n_k_over_n_are_w
 
 
 # -- §5.4 the penalty -----------------------------------------------------------------------------
-LAMBDAS = st.floats(2.0**-10, 1.0, width=32)
-"""λ of the L2 penalty: float32 numbers (λ/2 exact in both dtypes)."""
-
-
-@pytest.mark.clause("5.4")
-@given(problem=MEAN, lam=LAMBDAS, data=st.data())
-def test_an_l2_penalty_added_once_per_step_contributes_lambda_theta_whatever_k(
-        target, problem, lam, data):
-    sizes = data.draw(splits(problem.batch.size), label="sizes")
-    with AccumulationCheck(target, problem) as c:
-        c.matches_full_batch(with_l2(count_weighted(c.problem, sizes), lam, "once"),
-                             what="Σ_k (n_k/N) ∇mean_k + λθ")
-
-
 @pytest.mark.clause("5.4")
 @given(problem=problems(reductions=("mean",), min_batch=2), lam=LAMBDAS, data=st.data())
 def test_an_l2_penalty_added_to_every_micro_batch_loss_contributes_k_lambda_theta(
@@ -363,8 +236,7 @@ def test_an_l2_penalty_added_to_every_micro_batch_loss_contributes_k_lambda_thet
         cfg = c.target.config
         once = with_l2(count_weighted(c.problem, sizes), lam, "once")
         each = with_l2(count_weighted(c.problem, sizes), lam, "each")
-        g_once, call_once = c.accumulate(once)
-        g_each, call_each = c.accumulate(each)
+        g_once, g_each = c.accumulate(once), c.accumulate(each)
         theta = c.problem.params
         u = REFERENCE.u  # (K − 1)·λ·θ formed in float64: two roundings
         tol = {n: a + b + 2 * u * np.abs((k - 1) * lam * theta[n])
@@ -374,7 +246,8 @@ def test_an_l2_penalty_added_to_every_micro_batch_loss_contributes_k_lambda_thet
         c.close({n: g_each[n] - g_once[n] for n in theta},
                 {n: (k - 1) * lam * theta[n] for n in theta}, tol,
                 what="G(penalty in each micro-batch) − G(penalty once)",
-                call=f"{{n: {call_each}[n] - {call_once}[n] for n in problem.params}}",
+                call=f"{{n: {c.call_of(g_each)}[n] - {c.call_of(g_once)}[n] "
+                     f"for n in problem.params}}",
                 expect=f"{{n: {k - 1} * {lam!r} * v for n, v in problem.params.items()}}")
 
 
@@ -384,10 +257,8 @@ def test_an_l2_penalty_added_to_every_micro_batch_loss_contributes_k_lambda_thet
 @given(problem=problems(reductions=("mean",), min_batch=2), data=st.data())
 def test_an_averaging_accumulator_fed_micro_batch_mean_gradients_is_exact_for_equal_sizes(
         target, problem, data):
-    sizes = data.draw(splits(problem.batch.size, equal=True), label="sizes")
-    with AccumulationCheck(target, problem) as c:
-        c.matches_full_batch(naive(c.problem, sizes), method="average",
-                             what="running mean of ∇mean_k")
+    split_matches_full_batch(target, problem, data, naive, "running mean of ∇mean_k",
+                             equal=True, method="average")
 
 
 @averaging
@@ -405,21 +276,18 @@ def test_hypothesis_finds_unequal_micro_batches_where_an_averaging_accumulator_i
 @given(problem=problems(reductions=("mean",), min_batch=2), lam=LAMBDAS, data=st.data())
 def test_an_averaging_accumulator_turns_a_penalty_in_every_micro_batch_loss_into_one_lambda_theta(
         target, problem, lam, data):
-    sizes = data.draw(splits(problem.batch.size, equal=True), label="sizes")
-    k = len(sizes)
-    with AccumulationCheck(target, problem) as c:
-        plan = with_l2(naive(c.problem, sizes), lam, (1.0 / k,) * k)  # fed ∇(mean_k + P)
-        c.matches_full_batch(plan, method="average", what="running mean of ∇(mean_k + λ/2‖θ‖²)")
+    split_matches_full_batch(  # fed ∇(mean_k + P)
+        target, problem, data,
+        lambda p, sizes: with_l2(naive(p, sizes), lam, (1.0 / len(sizes),) * len(sizes)),
+        "running mean of ∇(mean_k + λ/2‖θ‖²)", equal=True, method="average")
 
 
 @pytest.mark.clause("5.5")
 @given(problem=problems(reductions=("mean",), min_batch=2), data=st.data())
 def test_a_summing_accumulator_divides_by_nothing_k_micro_batch_means_give_k_times_the_gradient(
         target, problem, data):
-    sizes = data.draw(splits(problem.batch.size, equal=True), label="sizes")
-    with AccumulationCheck(target, problem) as c:
-        c.matches_full_batch(summed(c.problem, sizes), times=float(len(sizes)),
-                             what="Σ_k ∇mean_k")
+    split_matches_full_batch(target, problem, data, summed, "Σ_k ∇mean_k", equal=True,
+                             scaled=True)
 
 
 @pytest.mark.clause("5.5")

@@ -1,10 +1,11 @@
 """Spec chapter 5, data parallelism (§5.6–§5.11): one batch gradient computed by R ranks.
 
 Each test sends a drawn problem, split into R = 3 consecutive shards, to the *data-parallel
-engine* of the backend under test (``tests/distributed``): for ``--backend torch`` R processes in
-one gloo process group (``DistributedDataParallel``, ``torch.distributed.all_reduce``), for
-``--backend jax`` R host CPU devices under ``jax.shard_map`` (``lax.pmean``/``psum``), for
-``--backend numpy`` the reference simulated rank by rank; other backends, devices other than the
+engine* of the backend under test (``batchgrad_spec.distributed``): for ``--backend torch`` R
+processes in one gloo process group (``DistributedDataParallel``,
+``torch.distributed.all_reduce``), for ``--backend jax`` R host CPU devices under
+``jax.shard_map`` (``lax.pmean``/``psum``), for ``--backend numpy`` the reference simulated rank
+by rank; other backends, devices other than the
 CPU and precision modes other than ``strict`` skip with a one-line reason. Engines start once per
 session and are stopped when this module is done. Every rank's gradient is compared, under the
 derived tolerance of ``reference.parallel.combination_tolerance`` (spec §5.6, chapter 7), with the
@@ -19,6 +20,9 @@ compilation cache after); a job costs 11–16 ms (torch) or 9–14 ms (jax), and
 and computing its tolerance ~10 ms more. ``EXAMPLES`` is ``SHARE`` = 30 % of the profile's
 ``max_examples`` (ci: 30 per test and dtype), which keeps the file at 27 s (torch), 22 s (jax,
 warm cache; ~40 s cold) and 20 s (numpy); 61 s / 41 s / 20 s at load 5.
+
+The engines, shard strategies, the comparison and the properties the meta-tests run too (§5.6,
+§5.7) are in ``batchgrad_spec.properties.parallel``; they are collected here.
 """
 
 from __future__ import annotations
@@ -31,52 +35,38 @@ from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from batchgrad_spec.distributed import (
-    WORLD_SIZE,
-    Engine,
-    EngineError,
-    Job,
-    NoEngine,
-    engine_for,
-    shutdown,
+from batchgrad_spec.distributed import EngineError, Job, NoEngine, engine_for, shutdown
+from batchgrad_spec.harness import Target
+from batchgrad_spec.properties.parallel import (  # noqa: F401 — run here and by meta-tests
+    DP,
+    INJECTED,
+    LAMBDAS,
+    MEAN,
+    TOKEN_MEAN,
+    UNEQUAL,
+    WEIGHTED_MEAN,
+    DPCheck,
+    R,
+    any_shards,
+    compare,
+    engine_matches,
+    engine_of,
+    equal_shards,
+    full_tolerance,
+    test_count_weighted_all_reduce_over_any_shards_is_the_full_batch_gradient,
+    test_rank_averaged_gradient_over_equal_shards_is_the_full_batch_gradient,
 )
-from batchgrad_spec.harness import Check, Target
-from batchgrad_spec.strategies import loss_problems, problems
-from reference.grads import Grads, batch_grad
+from reference.grads import batch_grad
 from reference.numerics import REFERENCE, error_bound
-from reference.parallel import Plan, plan
+from reference.parallel import plan
 from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
 
-R = WORLD_SIZE
-
-SHARE = 30
-"""Percent of the profile's ``max_examples`` each property test runs (see the module docstring)."""
-
-
-def examples(profile: settings) -> int:
-    return max(2, profile.max_examples * SHARE // 100)
-
-
-EXAMPLES = examples(settings.default)
-"""Examples per test and dtype: 30 under ``ci`` (6 under ``dev``, 300 under ``thorough``)."""
-DP = settings(max_examples=EXAMPLES,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                     HealthCheck.filter_too_much])
 FIND_CALLS = 40
 """Engine calls a ``find`` may spend (generating, then shrinking); past them the predicate
 answers False without a call, so shrinking stops where it is (the counterexample stays valid)."""
 FIND = settings(max_examples=200, derandomize=True, database=None, deadline=None,
                 phases=[Phase.generate, Phase.shrink],
                 suppress_health_check=list(HealthCheck))
-
-INJECTED: dict[str, Engine] = {}
-"""Engines by ``Target.spec`` that replace the backend's own (the meta-tests' faulty engines)."""
-
-
-def engine_of(target: Target) -> Engine:
-    if target.spec in INJECTED:
-        return INJECTED[target.spec]
-    return engine_for(target.backend.name, target.config.device)
 
 
 @pytest.fixture(autouse=True)
@@ -102,124 +92,6 @@ def _needs_an_engine(request: pytest.FixtureRequest) -> None:
 def _stop_engines() -> Iterator[None]:
     yield
     shutdown()
-
-
-# -- strategies --------------------------------------------------------------------------------
-def _sizes(n: int, cuts: list[int]) -> tuple[int, ...]:
-    bounds = [0, *sorted(cuts), n]
-    return tuple(int(b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-
-
-@st.composite
-def equal_shards(draw: st.DrawFn, problem_strategy: st.SearchStrategy[Problem]
-                 ) -> tuple[Problem, tuple[int, ...]]:
-    """A problem with N = R·n examples (the drawn batch cut to a multiple of R), n per rank."""
-    p = draw(problem_strategy)
-    n = p.batch.size // R * R
-    return p.with_batch(p.batch.take(np.arange(n))), (n // R,) * R
-
-
-@st.composite
-def any_shards(draw: st.DrawFn, problem_strategy: st.SearchStrategy[Problem], *,
-               unequal: bool = False) -> tuple[Problem, tuple[int, ...]]:
-    """A problem and R consecutive shards of any sizes ≥ 1 (``unequal``: not all the same)."""
-    p = draw(problem_strategy)
-    n = p.batch.size
-    if unequal and n % R == 0:  # n >= 2R here (UNEQUAL draws N > R), so n - 1 > R
-        n -= 1
-        p = p.with_batch(p.batch.take(np.arange(n)))
-    cuts = draw(st.lists(st.integers(1, n - 1), min_size=R - 1, max_size=R - 1, unique=True),
-                label="cuts")
-    return p, _sizes(n, cuts)
-
-
-MEAN = problems(reductions=("mean",), min_batch=R, max_batch=4 * R)
-UNEQUAL = problems(reductions=("mean",), min_batch=R + 1, max_batch=4 * R)
-WEIGHTED_MEAN = problems(reductions=("weighted_mean",), min_batch=R, max_batch=4 * R)
-TOKEN_MEAN = loss_problems(sequences=True, reductions=("mean",), min_batch=R, max_batch=4,
-                           empty_sequences=False)
-"""Token-level means: sequences (N, T, d) with masks, L = Σ_i ℓ_i / Σ_i ω_i, ℓ_i the sum over
-the valid tokens of sequence i and ω_i its valid tokens (times the class weights, spec §3.7)."""
-LAMBDAS = st.floats(1 / 64, 1.0, width=32)
-
-
-# -- the comparison ----------------------------------------------------------------------------
-class DPCheck(Check):
-    """A check whose repro snippet runs the data-parallel engine of the target's backend."""
-
-    def repro(self, call: str, expect: str) -> str:
-        t = self.target
-        return "\n".join([
-            f"# Reproduce §{t.clause} on {t.id} (data parallelism, R = {R}): run from the "
-            f"repository root",
-            "from reference import *",
-            "from reference.parallel import *",
-            "from batchgrad_spec.distributed import Job, engine_for",
-            f"problem = {self.problem!r}",
-            f"observed = {call}",
-            f"expected = {expect}",
-            "print('observed:', observed, 'expected:', expected, sep='\\n')",
-        ])
-
-
-def _call(c: Check, job: Job) -> str:
-    """The engine call that produced a result, as the repro snippet writes it."""
-    extra = (f", lam={job.lam!r}, penalty_ranks={job.penalty_ranks!r}"
-             if job.penalty_ranks else "")
-    return (f"engine_for({c.target.backend.name!r}).run(Job(problem, {job.dtype!r}, "
-            f"sizes={job.sizes!r}, scheme={job.scheme!r}{extra}))")
-
-
-def _full_tolerance(c: Check, pl: Plan, factor: float = 1.0) -> dict[str, np.ndarray]:
-    """The plan's tolerance, plus the float64 reference's own bound on the whole batch's
-    gradient (times ``factor``): the expected value is computed from the whole batch, not from
-    the parts (spec §7.2)."""
-    tol = pl.tolerance(c.target.config.dtype, c.target.config.precision)
-    whole = error_bound(c.problem, REFERENCE).batch_grads
-    return {k: v + abs(factor) * whole[k] for k, v in tol.items()}
-
-
-def _run(c: Check, job: Job) -> list[Grads]:
-    """The engine's answer: every rank's gradient, which must be bitwise the same on each."""
-    __tracebackhide__ = True
-    engine = engine_of(c.target)
-    try:
-        grads = engine.run(job)
-    except EngineError as exc:
-        c.fail(f"the data-parallel engine {engine.name} failed: {exc}")
-    for r, g in enumerate(grads[1:], 1):
-        for k, v in g.items():
-            if not np.array_equal(v, grads[0][k]):
-                c.fail(f"after the all-reduce rank {r} holds a different ∇L[{k!r}] than rank 0 "
-                       f"({engine.name}, {job!r}): {v.tolist()} vs {grads[0][k].tolist()}",
-                       snippet=(_call(c, job) + "[" + str(r) + "]", _call(c, job) + "[0]"))
-    return grads
-
-
-def _compare(c: Check, job: Job, expected: Grads, tol: dict[str, np.ndarray], what: str,
-             expect: str) -> Grads:
-    __tracebackhide__ = True
-    grads = _run(c, job)
-    c.close(grads[0], expected, tol, what=f"{engine_of(c.target).name} rank 0: {what}; G",
-            call=_call(c, job) + "[0]", expect=expect)
-    return grads[0]
-
-
-def _with_penalty(grads: Grads, theta: Grads, coefficient: float) -> Grads:
-    return {k: v + coefficient * theta[k] for k, v in grads.items()}
-
-
-# -- §5.6 equal shards -------------------------------------------------------------------------
-@pytest.mark.clause("5.6")
-@DP
-@given(case=equal_shards(MEAN))
-def test_rank_averaged_gradient_over_equal_shards_is_the_full_batch_gradient(target, case):
-    problem, sizes = case
-    with DPCheck(target, problem) as c:
-        job = Job(c.problem, target.config.dtype, sizes, "rank_mean")
-        pl = plan(c.problem, sizes, "rank_mean")
-        _compare(c, job, batch_grad(c.problem)[1], _full_tolerance(c, pl),
-                 "(1/R) Σ_r ∇L_r over equal shards = ∇L", "batch_grad(problem)[1]")
 
 
 def _rank_average_differs(target: Target, seen: list[Problem]
@@ -249,59 +121,56 @@ def _rank_average_differs(target: Target, seen: list[Problem]
     return differs
 
 
-# -- §5.7 unequal shards -----------------------------------------------------------------------
-@pytest.mark.clause("5.7")
-def test_rank_averaging_over_unequal_shards_is_not_the_full_batch_gradient(target):
-    """Hypothesis looks for a problem and unequal shards on which the engine's rank average is
-    not the full-batch gradient; it must find one, and the engine's value there must be the
-    rank average (1/R) Σ_r ∇L_r of the reference."""
+def rank_average_found_to_differ(target: Target,
+                                 strategy: st.SearchStrategy[tuple[Problem, tuple[int, ...]]],
+                                 among: str, shards: str,
+                                 shown: Callable[[Problem, tuple[int, ...]], str],
+                                 what: str) -> None:
+    """The body of the counterexample tests: Hypothesis must ``find`` a case of ``strategy`` on
+    which the engine's rank average is not the full-batch gradient, and the engine's value there
+    must be the reference's rank average (1/R) Σ_r ∇L_r. ``shown`` describes the case found."""
+    __tracebackhide__ = True
     seen: list[Problem] = []  # the problems the engine was asked about
 
     differs = _rank_average_differs(target, seen)
 
     try:
-        problem, sizes = find(any_shards(UNEQUAL, unequal=True), differs, settings=FIND)
+        problem, sizes = find(strategy, differs, settings=FIND)
     except EngineError as exc:
         with DPCheck(target, seen[-1] if seen else VARIANT_PROBLEM) as c:
             c.fail(f"the data-parallel engine failed: {exc}")
         return
     except NoSuchExample as exc:
         with DPCheck(target, seen[-1] if seen else VARIANT_PROBLEM) as c:
-            c.fail(f"no problem among {len(seen)} had a rank-averaged gradient over unequal "
+            c.fail(f"no {among} among {len(seen)} had a rank-averaged gradient over {shards} "
                    f"shards that differs from the full-batch gradient ({exc!r})")
         return
     with DPCheck(target, problem) as c:
         pl = plan(c.problem, sizes, "rank_mean")
         job = Job(c.problem, target.config.dtype, sizes, "rank_mean")
-        print(f"\n§5.7 counterexample after {len(seen)} engine calls: N={c.problem.batch.size}, "
-              f"shards {sizes}, {c.problem.network!r}, {c.problem.loss!r}")
-        _compare(c, job, pl.expected(), pl.tolerance(target.config.dtype),
-                 "(1/R) Σ_r ∇L_r over unequal shards (≠ ∇L)",
-                 f"plan(problem, {sizes!r}, 'rank_mean').expected()")
+        print(f"\n§{target.clause} counterexample after {len(seen)} engine calls: "
+              f"N={c.problem.batch.size}, {shown(c.problem, sizes)}")
+        compare(c, job, pl.expected(), pl.tolerance(target.config.dtype), what,
+                f"plan(problem, {sizes!r}, 'rank_mean').expected()")
 
 
+# -- §5.7 unequal shards -----------------------------------------------------------------------
 @pytest.mark.clause("5.7")
-@DP
-@given(case=any_shards(MEAN))
-def test_count_weighted_all_reduce_over_any_shards_is_the_full_batch_gradient(target, case):
-    problem, sizes = case
-    with DPCheck(target, problem) as c:
-        job = Job(c.problem, target.config.dtype, sizes, "count_weighted")
-        pl = plan(c.problem, sizes, "count_weighted")
-        _compare(c, job, batch_grad(c.problem)[1], _full_tolerance(c, pl),
-                 "Σ_r (N_r/N) ∇L_r = ∇L", "batch_grad(problem)[1]")
+def test_rank_averaging_over_unequal_shards_is_not_the_full_batch_gradient(target):
+    """Hypothesis looks for a problem and unequal shards on which the engine's rank average is
+    not the full-batch gradient; it must find one, and the engine's value there must be the
+    rank average (1/R) Σ_r ∇L_r of the reference."""
+    rank_average_found_to_differ(
+        target, any_shards(UNEQUAL, unequal=True), "problem", "unequal",
+        lambda p, sizes: f"shards {sizes}, {p.network!r}, {p.loss!r}",
+        "(1/R) Σ_r ∇L_r over unequal shards (≠ ∇L)")
 
 
 @pytest.mark.clause("5.7")
 @DP
 @given(case=any_shards(MEAN))
 def test_summed_sum_losses_over_the_global_count_are_the_full_batch_gradient(target, case):
-    problem, sizes = case
-    with DPCheck(target, problem) as c:
-        job = Job(c.problem, target.config.dtype, sizes, "global_normaliser")
-        pl = plan(c.problem, sizes, "global_normaliser")
-        _compare(c, job, batch_grad(c.problem)[1], _full_tolerance(c, pl),
-                 "Σ_r ∇(Σ_{i∈r} ℓ_i) / N = ∇L", "batch_grad(problem)[1]")
+    engine_matches(target, case, "global_normaliser", "Σ_r ∇(Σ_{i∈r} ℓ_i) / N = ∇L")
 
 
 # -- §5.8 summed without dividing --------------------------------------------------------------
@@ -309,14 +178,7 @@ def test_summed_sum_losses_over_the_global_count_are_the_full_batch_gradient(tar
 @DP
 @given(case=equal_shards(MEAN))
 def test_summing_rank_gradients_without_dividing_gives_R_times_the_gradient(target, case):
-    problem, sizes = case
-    with DPCheck(target, problem) as c:
-        job = Job(c.problem, target.config.dtype, sizes, "summed")
-        pl = plan(c.problem, sizes, "summed")
-        full = batch_grad(c.problem)[1]
-        _compare(c, job, {k: R * v for k, v in full.items()}, _full_tolerance(c, pl, R),
-                 f"Σ_r ∇L_r over equal shards = {R} ∇L",
-                 f"{{k: {R} * v for k, v in batch_grad(problem)[1].items()}}")
+    engine_matches(target, case, "summed", f"Σ_r ∇L_r over equal shards = {R} ∇L", times=R)
 
 
 # -- §5.9 jax.shard_map ------------------------------------------------------------------------
@@ -368,7 +230,7 @@ def test_shard_map_gradient_of_replicated_parameters_is_already_summed_over_devi
             c.fail(f"the jax worker did not run {missing}")
         # every idiom computes a sum of at most R² shard gradients: factor × the tolerance of
         # Σ_r ∇L_r (and of the reference's own ∇L) bounds each
-        summed = _full_tolerance(c, plan(c.problem, sizes, "summed"))["0.weight"]
+        summed = full_tolerance(c, plan(c.problem, sizes, "summed"))["0.weight"]
         for name, (kind, factor) in VARIANTS.items():
             got = answers[name]
             if isinstance(got, str):
@@ -390,14 +252,9 @@ def test_shard_map_gradient_of_replicated_parameters_is_already_summed_over_devi
 @given(case=equal_shards(MEAN))
 def test_textbook_pmean_of_gradients_taken_inside_shard_map_is_R_times_the_gradient(
         target, case):
-    problem, sizes = case
-    with DPCheck(target, problem) as c:
-        job = Job(c.problem, target.config.dtype, sizes, "shard_map_textbook")
-        pl = plan(c.problem, sizes, "summed")  # what it computes: Σ_r ∇L_r
-        full = batch_grad(c.problem)[1]
-        _compare(c, job, {k: R * v for k, v in full.items()}, _full_tolerance(c, pl, R),
-                 f"lax.pmean(jax.grad(L_r)(θ)) = Σ_r ∇L_r = {R} ∇L",
-                 f"{{k: {R} * v for k, v in batch_grad(problem)[1].items()}}")
+    engine_matches(target, case, "shard_map_textbook",  # it computes Σ_r ∇L_r
+                   f"lax.pmean(jax.grad(L_r)(θ)) = Σ_r ∇L_r = {R} ∇L", times=R,
+                   computes="summed")
 
 
 # -- §5.10 the L2 penalty ----------------------------------------------------------------------
@@ -405,16 +262,8 @@ def test_textbook_pmean_of_gradients_taken_inside_shard_map_is_R_times_the_gradi
 @DP
 @given(case=equal_shards(MEAN), lam=LAMBDAS)
 def test_l2_penalty_added_on_every_rank_counts_once_when_the_ranks_average(target, case, lam):
-    problem, sizes = case
-    with DPCheck(target, problem) as c:
-        every = (1.0,) * R
-        job = Job(c.problem, target.config.dtype, sizes, "rank_mean", lam, every)
-        pl = plan(c.problem, sizes, "rank_mean", lam=lam, penalty_ranks=every)
-        expected = _with_penalty(batch_grad(c.problem)[1], c.problem.params, lam)
-        _compare(c, job, expected, _full_tolerance(c, pl),
-                 "(1/R) Σ_r ∇(L_r + (λ/2)‖θ‖²) = ∇L + λθ",
-                 f"{{k: v + {lam!r} * problem.params[k] "
-                 f"for k, v in batch_grad(problem)[1].items()}}")
+    engine_matches(target, case, "rank_mean", "(1/R) Σ_r ∇(L_r + (λ/2)‖θ‖²) = ∇L + λθ",
+                   penalty=lam, lam=lam, penalty_ranks=(1.0,) * R)
 
 
 @pytest.mark.clause("5.10")
@@ -423,17 +272,11 @@ def test_l2_penalty_added_on_every_rank_counts_once_when_the_ranks_average(targe
        adds=st.lists(st.booleans(), min_size=R, max_size=R).filter(any))
 def test_l2_penalty_under_a_sum_all_reduce_counts_once_per_rank_that_adds_it(
         target, case, lam, adds):
-    problem, sizes = case
     a = tuple(float(x) for x in adds)
-    with DPCheck(target, problem) as c:
-        job = Job(c.problem, target.config.dtype, sizes, "global_normaliser", lam, a)
-        pl = plan(c.problem, sizes, "global_normaliser", lam=lam, penalty_ranks=a)
-        k = sum(a)
-        expected = _with_penalty(batch_grad(c.problem)[1], c.problem.params, k * lam)
-        _compare(c, job, expected, _full_tolerance(c, pl),
-                 f"Σ_r ∇(Σ_(i∈r) ℓ_i / N + a_r (λ/2)‖θ‖²) = ∇L + {k:g}λθ (a = {a})",
-                 f"{{k: v + {k * lam!r} * problem.params[k] "
-                 f"for k, v in batch_grad(problem)[1].items()}}")
+    k = sum(a)
+    engine_matches(target, case, "global_normaliser",
+                   f"Σ_r ∇(Σ_(i∈r) ℓ_i / N + a_r (λ/2)‖θ‖²) = ∇L + {k:g}λθ (a = {a})",
+                   penalty=k * lam, lam=lam, penalty_ranks=a)
 
 
 # -- §5.11 the global normaliser ---------------------------------------------------------------
@@ -442,12 +285,7 @@ def test_l2_penalty_under_a_sum_all_reduce_counts_once_per_rank_that_adds_it(
 @given(case=any_shards(WEIGHTED_MEAN))
 def test_weighted_mean_over_shards_with_the_global_normaliser_is_the_full_batch_gradient(
         target, case):
-    problem, sizes = case
-    with DPCheck(target, problem) as c:
-        job = Job(c.problem, target.config.dtype, sizes, "global_normaliser")
-        pl = plan(c.problem, sizes, "global_normaliser")
-        _compare(c, job, batch_grad(c.problem)[1], _full_tolerance(c, pl),
-                 "Σ_r ∇(Σ_(i∈r) c_i ℓ_i) / Σ_i c_i = ∇L", "batch_grad(problem)[1]")
+    engine_matches(target, case, "global_normaliser", "Σ_r ∇(Σ_(i∈r) c_i ℓ_i) / Σ_i c_i = ∇L")
 
 
 @pytest.mark.clause("5.11")
@@ -455,12 +293,8 @@ def test_weighted_mean_over_shards_with_the_global_normaliser_is_the_full_batch_
 @given(case=any_shards(TOKEN_MEAN))
 def test_token_mean_over_shards_with_the_global_token_count_is_the_full_batch_gradient(
         target, case):
-    problem, sizes = case
-    with DPCheck(target, problem) as c:
-        job = Job(c.problem, target.config.dtype, sizes, "global_normaliser")
-        pl = plan(c.problem, sizes, "global_normaliser")
-        _compare(c, job, batch_grad(c.problem)[1], _full_tolerance(c, pl),
-                 "Σ_r ∇(Σ_(tokens of r) ℓ_t) / (Σ valid tokens) = ∇L", "batch_grad(problem)[1]")
+    engine_matches(target, case, "global_normaliser",
+                   "Σ_r ∇(Σ_(tokens of r) ℓ_t) / (Σ valid tokens) = ∇L")
 
 
 @pytest.mark.clause("5.11")
@@ -468,26 +302,6 @@ def test_averaging_local_weighted_means_over_equal_shards_is_not_the_full_batch_
         target):
     """Equal shard sizes do not help when the normalisers differ: Hypothesis must find a
     weighted mean whose rank average over equal shards is not the full-batch gradient."""
-    seen: list[Problem] = []  # the problems the engine was asked about
-
-    differs = _rank_average_differs(target, seen)
-
-    try:
-        problem, sizes = find(equal_shards(WEIGHTED_MEAN), differs, settings=FIND)
-    except EngineError as exc:
-        with DPCheck(target, seen[-1] if seen else VARIANT_PROBLEM) as c:
-            c.fail(f"the data-parallel engine failed: {exc}")
-        return
-    except NoSuchExample as exc:
-        with DPCheck(target, seen[-1] if seen else VARIANT_PROBLEM) as c:
-            c.fail(f"no weighted mean among {len(seen)} had a rank-averaged gradient over equal "
-                   f"shards that differs from the full-batch gradient ({exc!r})")
-        return
-    with DPCheck(target, problem) as c:
-        pl = plan(c.problem, sizes, "rank_mean")
-        job = Job(c.problem, target.config.dtype, sizes, "rank_mean")
-        print(f"\n§5.11 counterexample after {len(seen)} engine calls: "
-              f"N={c.problem.batch.size}, weights {c.problem.batch.weights}")
-        _compare(c, job, pl.expected(), pl.tolerance(target.config.dtype),
-                 "(1/R) Σ_r ∇L_r with local Σ c_i (≠ ∇L)",
-                 f"plan(problem, {sizes!r}, 'rank_mean').expected()")
+    rank_average_found_to_differ(
+        target, equal_shards(WEIGHTED_MEAN), "weighted mean", "equal",
+        lambda p, sizes: f"weights {p.batch.weights}", "(1/R) Σ_r ∇L_r with local Σ c_i (≠ ∇L)")

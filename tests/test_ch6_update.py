@@ -5,7 +5,9 @@ optimiser objects (``torch.optim``, ``optax``), one step per batch, and returns 
 parameters; backends without it skip this chapter (one line says so). Each step is compared with
 the reference's update (``reference.update``) from the parameters the backend itself reached, under
 the derived tolerance of ``reference.numerics.update_tolerance`` (the chapter-7 gradient bound
-propagated through the update and the optimiser state); see ``batchgrad_spec/updates.py``.
+propagated through the update and the optimiser state); see ``batchgrad_spec/updates.py``. The
+properties the meta-tests run too (§6.1, §6.2, §6.6) are in ``batchgrad_spec.properties.update``;
+they are collected here.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from batchgrad_spec.strategies import networks, problems
+from batchgrad_spec.properties.update import (  # noqa: F401 — run here and by meta-tests
+    ONLINE,
+    test_one_sgd_step_on_a_batch_is_theta_minus_rate_times_the_batch_gradient,
+    test_online_sgd_steps_follow_the_reference_step_by_step,
+    test_the_step_counter_advances_once_per_optimiser_step,
+)
+from batchgrad_spec.strategies import problems
 from batchgrad_spec.updates import (
-    SMOOTH,
     UpdateCheck,
-    gentle,
     largest,
     optimizers,
     rates,
@@ -55,32 +61,7 @@ def _steps(before: Grads, after: Grads) -> Grads:
     return {k: after[k] - before[k] for k in before}
 
 
-# -- §6.1 one SGD step ----------------------------------------------------------------------------
-@pytest.mark.clause("6.1")
-@given(problem=problems(), lr=rates(), momentum=st.sampled_from((0.0, 0.9)))
-def test_one_sgd_step_on_a_batch_is_theta_minus_rate_times_the_batch_gradient(
-        target, problem, lr, momentum):
-    # The first step of SGD with momentum is the plain step too (the buffer starts as g).
-    opt = Optimizer("sgd", lr, momentum=momentum)
-    with UpdateCheck(target, problem) as c:
-        batches, src = whole(c.problem, 1)
-        c.trajectory(opt, batches, src, what="θ − η∇L(θ)")
-
-
 # -- §6.2 online vs batch -------------------------------------------------------------------------
-ONLINE = problems(nets=networks(activations=SMOOTH), reductions=("mean",), min_batch=2)
-
-
-@pytest.mark.clause("6.2")
-@given(problem=ONLINE, lr=rates())
-def test_online_sgd_steps_follow_the_reference_step_by_step(target, problem, lr):
-    n = problem.batch.size
-    with UpdateCheck(target, problem) as c:
-        batches, src = singles(c.problem)
-        c.trajectory(gentle(Optimizer("sgd", lr / n), c.problem), batches, src,
-                     what="θ online")
-
-
 ETA_BASE = 2.0**-10
 """η of the online/batch comparison is ETA_BASE / max(1, G), G the largest per-example gradient
 element: every step moves θ by at most 2⁻¹⁰ per element, small enough for the O(η³) remainder to
@@ -246,7 +227,6 @@ def test_l2_and_decoupled_weight_decay_coincide_for_one_sgd_step(target, problem
         tol = update_tolerance(c.problem, opt, batches, [c.problem.params],
                                c.target.config.dtype, c.target.config.precision)[0]
         c.close(theta, expected, tol, what="θ − η(∇L + λθ) vs θ(1 − ηλ) − η∇L",
-                call="checked_train(backend, problem, config, optimizer, batches)",
                 expect=f"sgd_decoupled_step(problem.params, batch_grad(problem)[1], {lr!r}, "
                        f"{decay!r})")
 
@@ -271,20 +251,6 @@ def test_l2_and_decoupled_weight_decay_differ_for_adam(target, problem, opt, dec
         if not apart:
             c.fail("Adam with L2 weight decay and AdamW gave the same parameters within "
                    "tolerance, where the reference rules differ")
-
-
-# -- §6.6 one counter step per optimiser step ------------------------------------------------------
-@pytest.mark.clause("6.6")
-@given(problem=problems(), opt=optimizers(), data=st.data())
-def test_the_step_counter_advances_once_per_optimiser_step(target, problem, opt, data):
-    n = problem.batch.size
-    k = data.draw(st.integers(1, 3), label="steps")
-    subsets = [sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1), label=f"batch {j}"))
-               for j in range(k)]
-    with UpdateCheck(target, problem) as c:
-        batches = [c.problem.batch.take(s) for s in subsets]
-        src = f"[problem.batch.take(s) for s in {subsets}]"
-        c.trajectory(gentle(opt, c.problem), batches, src, what=f"θ ({opt.name})")
 
 
 # -- §6.7 runs repeat bitwise --------------------------------------------------------------------

@@ -1,49 +1,30 @@
 """Spec §5.1–§5.4 catch wrong gradient accumulation, each bug by its clause (faulty backends of
-``batchgrad_spec/faults/accumulation.py``), with the machinery of ``test_faulty_backends.py``: the
+``batchgrad_spec/faults/accumulation.py``), with the machinery of ``batchgrad_spec.catching``: the
 property is run under the ``ci`` profile (derandomised, at most 100 examples) and must fail with a
 ``ClauseFailure`` of the expected clause, naming the backend and dtype and carrying the repro
 snippet, while the correct ``numpy`` backend passes the same property under the same profile —
-the same examples, which do not depend on the backend.
+the same examples, which do not depend on the backend (``batchgrad_spec.catching``). The
+properties are those of ``batchgrad_spec.properties.accumulation``.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from batchgrad_spec.catching import MAX_EXAMPLES, leaves, make_target, run_property
-from batchgrad_spec.harness import ClauseFailure
-from tests import test_ch5_accumulation as ch5
+from batchgrad_spec.catching import assert_caught_by_a_rerun
+from batchgrad_spec.properties import accumulation as acc
 
 pytestmark = pytest.mark.meta
 
-T5_1 = ch5.test_micro_batch_means_weighted_by_n_k_over_n_accumulate_to_the_full_batch_mean_gradient
-T5_2 = ch5.test_token_level_accumulation_divides_summed_token_losses_by_the_whole_batch_token_count
-T5_4 = ch5.test_an_l2_penalty_added_once_per_step_contributes_lambda_theta_whatever_k
+T5_1 = acc.test_micro_batch_means_weighted_by_n_k_over_n_accumulate_to_the_full_batch_mean_gradient
+T5_2 = acc.test_token_level_accumulation_divides_summed_token_losses_by_the_whole_batch_token_count
+T5_4 = acc.test_an_l2_penalty_added_once_per_step_contributes_lambda_theta_whatever_k
 
 
 def _caught(fault: str, test, clause: str, dtype: str, message: str) -> int:
     __tracebackhide__ = True
-    target = make_target(f"batchgrad_spec.faults.accumulation:{fault}", clause, dtype, None)
-    out = run_property(test, target)
-    assert out.error is not None, f"{fault} passed §{clause} on {dtype} ({out.calls} examples)"
-    failures = leaves(out.error)
-    for f in failures:
-        if not isinstance(f, ClauseFailure):
-            raise AssertionError(f"{fault}: not a ClauseFailure: {f!r}") from f
-        text = str(f)
-        assert f.clause == clause and text.startswith(f"§{clause} "), text
-        assert f"backend={fault} " in text and f"dtype={dtype}" in text, text
-        assert any(n.startswith(f"# Reproduce §{clause} ") and "checked_accumulate(" in n
-                   for n in f.__notes__), f.__notes__
-    assert any(message in str(f) for f in failures), [str(f) for f in failures]
-    assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
-    # the same derandomised examples pass for the correct backend
-    right = make_target("numpy", clause, dtype, None)
-    passed = run_property(test, right)
-    assert passed.error is None, f"numpy fails §{clause} too: {passed.error}"
-    assert passed.calls >= out.first_failure
-    print(f"\n{fault:<27} {dtype:<8} caught by §{clause} at example {out.first_failure}", end="")
-    return out.first_failure
+    return assert_caught_by_a_rerun(f"batchgrad_spec.faults.accumulation:{fault}", test, clause,
+                                    dtype, message=(message,), repro="checked_accumulate(")
 
 
 @pytest.mark.clause("5.1")

@@ -1,6 +1,7 @@
 """The data-parallel clauses catch wrong all-reduces (spec §5.6, §5.7).
 
-The property tests of ``tests/test_ch5_parallel.py`` are run, under the ``ci`` profile
+The property tests of ``tests/test_ch5_parallel.py`` (defined in
+``batchgrad_spec.properties.parallel``) are run, under the ``ci`` profile
 (derandomised; shrinking skipped), against deliberately wrong data-parallel engines:
 
 * ``sum_without_dividing``: the rank-mean scheme all-reduces with SUM and never divides by R
@@ -22,28 +23,25 @@ while the correct engine passes every example the faulty run tried.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import Phase, given, settings
 
 from batchgrad_spec import harness, stats
+from batchgrad_spec.catching import CI, leaves, run_property
 from batchgrad_spec.distributed import Engine, Job, SimulatedEngine, _scales, engine_for, shutdown
 from batchgrad_spec.harness import ClauseFailure, Target
+from batchgrad_spec.properties import parallel
 from reference.contract import Config
 from reference.parallel import rank_mean_scales, summed_scales
 from reference.problem import Problem
-from tests import test_ch5_parallel
 
 pytestmark = pytest.mark.meta
 
-CI = settings(settings.get_profile("ci"), database=None,
-              phases=[Phase.explicit, Phase.reuse, Phase.generate])
-T5_6 = test_ch5_parallel.test_rank_averaged_gradient_over_equal_shards_is_the_full_batch_gradient
-T5_7 = test_ch5_parallel.test_count_weighted_all_reduce_over_any_shards_is_the_full_batch_gradient
+T5_6 = parallel.test_rank_averaged_gradient_over_equal_shards_is_the_full_batch_gradient
+T5_7 = parallel.test_count_weighted_all_reduce_over_any_shards_is_the_full_batch_gradient
 
 
 def _sum_without_dividing(job: Job, parts: list[Problem]) -> tuple[list[float], float]:
@@ -95,46 +93,6 @@ def _faulty_torch(fault: str) -> Engine:
     return SwappedScheme(engine_for("torch"), f"torch:{fault}", *instead)
 
 
-@dataclasses.dataclass
-class Outcome:
-    error: BaseException | None
-    first_failure: int | None = None
-    calls: int = 0
-    tried: list[Any] = dataclasses.field(default_factory=list)
-
-
-def run_property(test: Callable[..., Any], target: Target) -> Outcome:
-    """Run ``test``'s property against ``target`` under the ``ci`` settings (the examples the
-    suite draws for it, at most ``ci``'s max_examples), counting examples."""
-    inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
-    strategies = test.hypothesis._given_kwargs  # type: ignore[attr-defined]
-    out = Outcome(None)
-
-    @functools.wraps(inner)
-    def counted(**kwargs: Any) -> Any:
-        out.calls += 1
-        if out.first_failure is None:
-            out.tried.append(kwargs)
-        try:
-            return inner(**kwargs)
-        except Exception:
-            out.first_failure = out.first_failure or out.calls
-            raise
-
-    with stats.preserved():
-        try:
-            given(**strategies)(CI(counted))(target=target)
-        except BaseException as exc:  # noqa: B036  (an ExceptionGroup included)
-            out.error = exc
-    return out
-
-
-def leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(getattr(exc, "exceptions", None), tuple):
-        return [leaf for sub in exc.exceptions for leaf in leaves(sub)]
-    return [exc]
-
-
 def _target(spec: str, clause: str, dtype: str) -> Target:
     return Target(spec, harness.load("numpy"), Config("cpu", dtype), clause=clause)
 
@@ -143,11 +101,11 @@ def assert_caught(engine: Engine, correct: Engine, test: Callable[..., Any], cla
                   dtype: str) -> None:
     __tracebackhide__ = True
     spec = f"engine:{engine.name}"
-    test_ch5_parallel.INJECTED[spec] = engine
+    parallel.INJECTED[spec] = engine
     try:
         out = run_property(test, _target(spec, clause, dtype))
     finally:
-        del test_ch5_parallel.INJECTED[spec]
+        del parallel.INJECTED[spec]
     assert out.error is not None, f"{engine.name} passed §{clause} ({out.calls} examples)"
     for f in leaves(out.error):
         if not isinstance(f, ClauseFailure):
@@ -157,7 +115,7 @@ def assert_caught(engine: Engine, correct: Engine, test: Callable[..., Any], cla
         assert text.startswith(f"§{clause} ") and f"dtype={dtype}" in text, text
         assert f"{engine.name} rank 0: " in text, text
         assert any(n.startswith(f"# Reproduce §{clause} ") for n in f.__notes__), f.__notes__
-    limit = test_ch5_parallel.examples(CI)
+    limit = parallel.examples(CI)
     assert out.first_failure is not None and out.first_failure <= limit, (
         f"{engine.name} first failed §{clause} at example {out.first_failure}, beyond the "
         f"{limit} examples the suite runs under the ci profile")
@@ -165,14 +123,14 @@ def assert_caught(engine: Engine, correct: Engine, test: Callable[..., Any], cla
           end="")
     # the same examples pass on the correct engine: the failure is the fault's
     spec = f"engine:{correct.name}"
-    test_ch5_parallel.INJECTED[spec] = correct
+    parallel.INJECTED[spec] = correct
     try:
         inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
         with stats.preserved():
-            for kwargs in out.tried:
+            for kwargs in out.drawn:
                 inner(**{**kwargs, "target": _target(spec, clause, dtype)})
     finally:
-        del test_ch5_parallel.INJECTED[spec]
+        del parallel.INJECTED[spec]
 
 
 @pytest.fixture(scope="module", autouse=True)

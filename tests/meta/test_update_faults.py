@@ -1,55 +1,30 @@
 """Chapter 6 catches wrong update steps, each by its clause (faulty backends of
-``batchgrad_spec/faults/update.py``), with the machinery of ``test_faulty_backends.py``: the
-property
-is run under the ``ci`` profile (derandomised, at most 100 examples) and must fail with a
-``ClauseFailure`` of the expected clause, while the correct ``numpy`` backend passes the same
-property under the same profile — the same examples, which do not depend on the backend.
+``batchgrad_spec/faults/update.py``), with the machinery of ``batchgrad_spec.catching``: the
+property of ``batchgrad_spec.properties.update`` is run under the ``ci`` profile (derandomised,
+at most 100 examples) and must fail with a ``ClauseFailure`` of the expected clause, while the
+correct ``numpy`` backend passes the same property under the same profile — the same examples,
+which do not depend on the backend.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
-from batchgrad_spec.catching import (
-    MAX_EXAMPLES,
-    leaves,
-    make_target,
-    run_property,
-)
-from batchgrad_spec.harness import ClauseFailure
-from tests import test_ch6_update
+from batchgrad_spec.catching import assert_caught_by_a_rerun
+from batchgrad_spec.properties import update
 
 pytestmark = pytest.mark.meta
 
-T6_1 = test_ch6_update.test_one_sgd_step_on_a_batch_is_theta_minus_rate_times_the_batch_gradient
-T6_2 = test_ch6_update.test_online_sgd_steps_follow_the_reference_step_by_step
-T6_6 = test_ch6_update.test_the_step_counter_advances_once_per_optimiser_step
+T6_1 = update.test_one_sgd_step_on_a_batch_is_theta_minus_rate_times_the_batch_gradient
+T6_2 = update.test_online_sgd_steps_follow_the_reference_step_by_step
+T6_6 = update.test_the_step_counter_advances_once_per_optimiser_step
 
 
 def _caught(fault: str, test, clause: str, dtype: str, precision: str = "strict",
             control: str = "numpy") -> int:
     __tracebackhide__ = True
-    target = make_target(f"batchgrad_spec.faults.update:{fault}", clause, dtype, None)
-    target = replace(target, config=replace(target.config, precision=precision))
-    out = run_property(test, target)
-    assert out.error is not None, f"{fault} passed §{clause} on {dtype} ({out.calls} examples)"
-    for f in leaves(out.error):
-        if not isinstance(f, ClauseFailure):
-            raise AssertionError(f"{fault}: not a ClauseFailure: {f!r}") from f
-        assert f.clause == clause and str(f).startswith(f"§{clause} "), str(f)
-        assert f"backend={fault} " in str(f) and f"dtype={dtype}" in str(f), str(f)
-        assert any(n.startswith(f"# Reproduce §{clause} ") for n in f.__notes__)
-    assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
-    # the same derandomised examples (they do not depend on the backend) pass for numpy
-    right = make_target(control, clause, dtype, None)
-    right = replace(right, config=target.config)
-    passed = run_property(test, right)
-    assert passed.error is None, f"{control} fails §{clause} too: {passed.error}"
-    assert passed.calls >= out.first_failure
-    print(f"\n{fault:<26} {dtype:<8} caught by §{clause} at example {out.first_failure}", end="")
-    return out.first_failure
+    return assert_caught_by_a_rerun(f"batchgrad_spec.faults.update:{fault}", test, clause, dtype,
+                                    precision=precision, control=control)
 
 
 @pytest.mark.clause("6.1")
