@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
+from hypothesis.errors import UnsatisfiedAssumption
 
 from reference.contract import Config
 from reference.problem import Problem
@@ -26,8 +27,8 @@ from reference.problem import Problem
 from . import harness, profiles  # noqa: F401  (registers the ci profile)
 from .harness import ClauseFailure, Target
 
-__all__ = ["CI", "MAX_EXAMPLES", "Outcome", "assert_caught", "assert_correct_backend_passes",
-           "leaves", "make_target", "run_property"]
+__all__ = ["CI", "MAX_EXAMPLES", "Outcome", "assert_caught", "assert_clause_failures",
+           "assert_correct_backend_passes", "leaves", "make_target", "run_property"]
 
 CI = settings(settings.get_profile("ci"), database=None,
               phases=[Phase.explicit, Phase.reuse, Phase.generate])
@@ -60,15 +61,21 @@ def run_property(test: Callable[..., Any], target: Target, *, profile: settings 
 
     @functools.wraps(inner)  # same source and signature: the same derandomised examples
     def counted(**kwargs: Any) -> Any:
+        try:
+            result = inner(**kwargs)
+        except UnsatisfiedAssumption:  # rejected by ``assume``: neither tried nor failed
+            raise
+        except Exception:
+            out.calls += 1
+            if out.first_failure is None:
+                out.tried.append(kwargs["problem"])
+                out.first_failure = out.calls
+            out.failing.append(kwargs["problem"])
+            raise
         out.calls += 1
         if out.first_failure is None:
             out.tried.append(kwargs["problem"])
-        try:
-            return inner(**kwargs)
-        except Exception:
-            out.first_failure = out.first_failure or out.calls
-            out.failing.append(kwargs["problem"])
-            raise
+        return result
 
     prop = given(**strategies)(profile(counted))
     key = (target.clause, target.backend.name, target.config.device, target.config.dtype,
@@ -97,30 +104,33 @@ def leaves(exc: BaseException) -> list[BaseException]:
 
 def assert_correct_backend_passes(test: Callable[..., Any], faulty: Target,
                                   problems: list[Problem]) -> None:
-    """The property holds for the numpy backend on each of ``problems`` (same dtype, method)."""
+    """The property holds for the numpy backend on each of ``problems`` (same dtype, method),
+    replayed as explicit examples of the property (so that an ``assume`` in it runs inside
+    Hypothesis)."""
     __tracebackhide__ = True
     control = make_target("numpy", faulty.clause, faulty.config.dtype, faulty.method)
-    inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
+    prop = test.hypothesis.inner_test  # type: ignore[attr-defined]
+    for problem in problems:
+        prop = example(problem=problem)(prop)
+    prop = settings(CI, phases=[Phase.explicit])(
+        given(**test.hypothesis._given_kwargs)(prop))  # type: ignore[attr-defined]
     kwargs: dict[str, Any] = {"target": control}
     if control.method is not None:
         kwargs["method"] = control.method
     saved = copy.deepcopy(harness.STATS)
     try:
-        for problem in problems:
-            inner(problem=problem, **kwargs)
+        prop(**kwargs)
     finally:
         harness.STATS.clear()
         harness.STATS.update(saved)
 
 
-def assert_caught(fault: str, test: Callable[..., Any], clause: str, dtype: str,
-                  method: str | None, message: tuple[str, ...] = (),
-                  **strategies: Any) -> list[ClauseFailure]:
-    """Run ``test`` against ``batchgrad_spec.faults:<fault>``: it must fail with §``clause``, and
-    one of the failures must contain one of ``message``."""
+def assert_clause_failures(out: Outcome, fault: str, clause: str, dtype: str,
+                           method: str | None = None) -> list[ClauseFailure]:
+    """The run ``out`` of a property against the backend ``fault`` failed, within the profile's
+    ``MAX_EXAMPLES``, and every failure is a ``ClauseFailure`` of §``clause`` whose message names
+    the backend and dtype and whose note is the repro snippet."""
     __tracebackhide__ = True
-    target = make_target(f"batchgrad_spec.faults:{fault}", clause, dtype, method)
-    out = run_property(test, target, **strategies)
     assert out.error is not None, (
         f"{fault} passed §{clause} on {dtype} {method or ''} ({out.calls} examples)")
     failures = leaves(out.error)
@@ -132,10 +142,23 @@ def assert_caught(fault: str, test: Callable[..., Any], clause: str, dtype: str,
         assert text.startswith(f"§{clause} "), text
         assert f"backend={fault} " in text and f"dtype={dtype}" in text, text
         assert any(n.startswith(f"# Reproduce §{clause} ") for n in f.__notes__), f.__notes__
+    assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
+    return failures  # type: ignore[return-value]
+
+
+def assert_caught(fault: str, test: Callable[..., Any], clause: str, dtype: str,
+                  method: str | None, message: tuple[str, ...] = (),
+                  **strategies: Any) -> list[ClauseFailure]:
+    """Run ``test`` against ``batchgrad_spec.faults:<fault>``: it must fail with §``clause``, and
+    one of the failures must contain one of ``message``."""
+    __tracebackhide__ = True
+    target = make_target(f"batchgrad_spec.faults:{fault}", clause, dtype, method)
+    out = run_property(test, target, **strategies)
+    failures = assert_clause_failures(out, fault, clause, dtype, method)
     if message:
         assert any(m in str(f) for f in failures for m in message), (
             f"no failure of {fault} says any of {message}: {[str(f) for f in failures]}")
-    assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
+    assert out.first_failure is not None
     assert out.stats_examples >= out.first_failure  # harness.STATS counted them too
     where = " (N >= 2)" if strategies else ""
     print(f"\n{fault + where:<29} {dtype:<8} {method or '-':<5} caught by §{clause:<4} at example "

@@ -226,7 +226,7 @@ def _replay(target, problems: list[Problem]) -> dict[str, float]:  # noqa: ANN00
 def section_a(backends: list[str], examples: int, repeats: int) -> dict:
     _hypothesis_profile(examples)  # before the import: @given takes the default settings then
     from batchgrad_spec import harness
-    from tests import test_ch2_core as ch2
+    from batchgrad_spec.properties import core as ch2
 
     test = ch2.test_gradient_of_the_mean_loss_is_the_mean_of_per_example_gradients
     section(f"a. Core identity (§2.1) throughput: {test.__name__}, {examples} examples per "

@@ -538,7 +538,7 @@ def __getattr__(name: str) -> Any:
 # -- the gallery: each classic bug, its backend here, and the property that catches it ---------
 CH1 = "tests/test_ch1_definitions.py::"
 CH2 = "tests/test_ch2_core.py::"
-CH3 = "tests/test_ch3_losses.py::"
+CH3 = "tests/test_ch3_loss_options.py::"
 
 
 @dataclass(frozen=True)

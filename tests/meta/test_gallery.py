@@ -1,9 +1,9 @@
 """The gallery of caught bugs: each classic bug of ``faulty.GALLERY`` is caught by its clause.
 
-For each entry, the property test of its clause is run against the faulty backend (a small wrapper
-of a real backend, ``--backend batchgrad_spec.faults:<name>``) under the ``ci`` profile —
-derandomised,
-``max_examples`` 100 — with the machinery of ``test_faulty_backends.py``. Each case asserts that
+For each entry, the property test of its clause (from ``batchgrad_spec.properties``) is run
+against the faulty backend (a small wrapper of a real backend, ``--backend
+batchgrad_spec.faults:<name>``) under the ``ci`` profile — derandomised, ``max_examples`` 100 —
+with the machinery of ``batchgrad_spec.catching``. Each case asserts that
 
 * the property fails, and every failure is a ``ClauseFailure`` of the expected clause whose message
   names the backend and dtype and carries a repro snippet;
@@ -20,7 +20,6 @@ minute), whose output the table is pasted from.
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -29,24 +28,32 @@ import pytest
 
 from batchgrad_spec.catching import (
     MAX_EXAMPLES,
+    assert_clause_failures,
     assert_correct_backend_passes,
-    leaves,
     make_target,
     run_property,
 )
 from batchgrad_spec.faults import GALLERY, PENDING, Bug
 from batchgrad_spec.harness import ClauseFailure
+from batchgrad_spec.properties import core, definitions, layers, losses
 from batchgrad_spec.resources import ROOT
 
 pytestmark = pytest.mark.meta
 
+PROPERTIES = (definitions, core, losses, layers)
+"""The modules of ``batchgrad_spec.properties`` the gallery's properties come from."""
 GALLERY_CLAUSES = sorted({b.clause for b in GALLERY}, key=lambda c: tuple(map(int, c.split("."))))
 
 
 def property_test(bug: Bug) -> Callable[..., Any]:
-    """The @given test function named by ``bug.test`` ("tests/…py::name")."""
+    """The @given test function named by ``bug.test`` ("tests/…py::name"): defined in a module of
+    ``batchgrad_spec.properties`` and imported by name into that chapter test module."""
     path, _, name = bug.test.partition("::")
-    return getattr(importlib.import_module(path[:-3].replace("/", ".")), name)
+    found = [getattr(m, name) for m in PROPERTIES if hasattr(m, name)]
+    assert len(found) == 1, f"{bug.test}: {len(found)} properties named {name}"
+    chapter = (ROOT / path).read_text(encoding="utf-8")
+    assert re.search(rf"^    {name},$", chapter, re.M), f"{path} does not import {name}"
+    return found[0]
 
 
 def readme_gallery() -> dict[str, str]:
@@ -81,19 +88,7 @@ def catch(bug: Bug, **kwargs: Any) -> tuple[Any, list[ClauseFailure]]:
     test = property_test(bug)
     target = make_target(f"batchgrad_spec.faults:{bug.backend}", bug.clause, bug.dtype, bug.method)
     out = run_property(test, target, **kwargs)
-    assert out.error is not None, (
-        f"{bug.backend} passed §{bug.clause} on {bug.dtype} ({out.calls} examples)")
-    failures = leaves(out.error)
-    for f in failures:
-        if not isinstance(f, ClauseFailure):
-            raise AssertionError(f"{bug.backend}: not a ClauseFailure: {f!r}") from f
-        assert f.clause == bug.clause, f"{bug.backend}: failed §{f.clause}, expected §{bug.clause}"
-        text = str(f)
-        assert text.startswith(f"§{bug.clause} "), text
-        assert f"backend={bug.backend} " in text and f"dtype={bug.dtype}" in text, text
-        assert any(n.startswith(f"# Reproduce §{bug.clause} ") for n in f.__notes__), f.__notes__
-    assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
-    return out, failures  # type: ignore[return-value]
+    return out, assert_clause_failures(out, bug.backend, bug.clause, bug.dtype, bug.method)
 
 
 @pytest.mark.clause(*GALLERY_CLAUSES)
