@@ -1,11 +1,8 @@
 """Spec chapter 3: kinds of loss — BCE with logits, Huber and Gaussian NLL (§3.8), and the
 sign of a loss (§3.9).
 
-Each test names its clause with ``@pytest.mark.clause``; its name is the clause's sentence. Backend
-results are compared with the float64 reference under the derived tolerance of spec chapter 7.
-The clauses' formulas (denominators, smoothing terms), written out independently of the
-reference's loss code, and the properties the meta-tests also run are in
-``batchgrad_spec.properties.losses``.
+The elementwise losses' definitions are written out in ``batchgrad_spec.properties.losses``;
+§3.9's clauses use Gaussian NLL, the one loss here that can be negative.
 """
 
 from __future__ import annotations

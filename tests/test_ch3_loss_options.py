@@ -1,11 +1,9 @@
 """Spec chapter 3: the options of cross-entropy — class weights (§3.3), ignored labels (§3.4),
 label smoothing (§3.5) and probability targets (§3.6).
 
-Each test names its clause with ``@pytest.mark.clause``; its name is the clause's sentence. Backend
-results are compared with the float64 reference under the derived tolerance of spec chapter 7.
-The clauses' formulas (denominators, smoothing terms), written out independently of the
-reference's loss code, and the properties the meta-tests also run are in
-``batchgrad_spec.properties.losses``.
+Expected values follow the clauses' formula for PyTorch's ``F.cross_entropy`` (class weights,
+``ignore_index``, ``label_smoothing``), written out in ``batchgrad_spec.properties.losses``, which
+also holds the §3.3–§3.5 properties the loss meta-tests and the gallery run.
 """
 
 from __future__ import annotations
@@ -34,6 +32,15 @@ from reference.grads import batch_grad, combine, per_example_grads
 from reference.numerics import tolerance
 from reference.problem import Problem
 
+
+def per_example_cross_entropy(c: Check, what: str) -> None:
+    """Backend ℓ_i and g_i against the reference's, and ℓ_i against the clauses' formula."""
+    __tracebackhide__ = True
+    losses, _ = per_example_against_reference(c)
+    c.close(losses, cross_entropy_terms(c.problem)[0], c.tol().losses, what=what,
+            expect=f"{HERE}.cross_entropy_terms(problem)[0]")
+
+
 TORCH_ALL_IGNORED = (
     "§3.4: PyTorch's reduction='mean' over only ignored labels is NaN (0/0), with an exactly zero "
     "gradient, by design since pytorch/pytorch#64572; "
@@ -47,10 +54,7 @@ TORCH_ALL_IGNORED = (
 def test_class_weighted_per_example_loss_is_the_label_weight_times_its_cross_entropy(
         target, method, problem):
     with check(target, problem) as c:
-        losses, _ = per_example_against_reference(c)
-        c.close(losses, cross_entropy_terms(c.problem)[0], c.tol().losses,
-                what="ℓ_i = w[y_i] (−log p_i,y_i)",
-                expect=f"{HERE}.cross_entropy_terms(problem)[0]")
+        per_example_cross_entropy(c, "ℓ_i = w[y_i] (−log p_i,y_i)")
 
 
 # -- §3.4 ignored labels --------------------------------------------------------------------------
@@ -133,10 +137,7 @@ def test_torch_cross_entropy_mean_over_only_ignored_labels_is_nan_with_zero_grad
 def test_label_smoothed_per_example_loss_mixes_the_label_and_the_uniform_term(
         target, method, problem):
     with check(target, problem) as c:
-        losses, _ = per_example_against_reference(c)
-        c.close(losses, cross_entropy_terms(c.problem)[0], c.tol().losses,
-                what="ℓ_i = (1−ε) w[y_i] nll_i + (ε/C) Σ_k w_k (−log p_ik)",
-                expect=f"{HERE}.cross_entropy_terms(problem)[0]")
+        per_example_cross_entropy(c, "ℓ_i = (1−ε) w[y_i] nll_i + (ε/C) Σ_k w_k (−log p_ik)")
 
 
 # -- §3.6 probability (soft) targets --------------------------------------------------------------

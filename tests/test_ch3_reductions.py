@@ -1,11 +1,9 @@
 """Spec chapter 3: reductions — the general mean (§3.1), the N·D mean of elementwise losses (§3.2)
 and the token and sequence means of sequences (§3.7).
 
-Each test names its clause with ``@pytest.mark.clause``; its name is the clause's sentence. Backend
-results are compared with the float64 reference under the derived tolerance of spec chapter 7.
-The clauses' formulas (denominators, smoothing terms), written out independently of the
-reference's loss code, and the properties the meta-tests also run are in
-``batchgrad_spec.properties.losses``.
+A test cites its clause with ``@pytest.mark.clause`` and is named by its sentence; the expected
+denominators (Σ ω_i, N·D, Σ T_i) come from ``batchgrad_spec.properties.losses``, which also holds
+the §3.1 and §3.2 properties the meta-tests run (imported below under their test names).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from reference.grads import batch_grad, combine, per_example_grads
 
 from ..harness import BATCH_CALL, PER_EXAMPLE_CALL, Check, check
 from ..strategies import layer_problems, networks, problems
+from .core import per_example_against_reference
 from .definitions import first_layer_zeroed
 
 __all__ = [
@@ -32,11 +33,7 @@ TRAIN_BN = layer_problems(require=("batch_norm",), activations=ACTS)
 def per_example_identities(c: Check) -> None:
     """Backend ℓ_i, g_i against the reference's, and Σ κ_i g_i (backend) against its own ∇L."""
     __tracebackhide__ = True
-    losses, grads = c.per_example()
-    ref_losses, ref_grads = per_example_grads(c.problem)
-    tol = c.tol()
-    c.close(losses, ref_losses, tol.losses, what="ℓ_i", expect="per_example_grads(problem)[0]")
-    c.close(grads, ref_grads, tol.grads, what="g_i", expect="per_example_grads(problem)[1]")
+    _, grads = per_example_against_reference(c)
     _, batch = c.loss_and_grad()
     c.close(combine(grads, c.problem.coefficients), batch, c.tol(twice=True).batch_grads,
             what="Σ κ_i g_i (backend) vs ∇L (backend)",
