@@ -109,7 +109,13 @@ def assert_correct_backend_passes(test: Callable[..., Any], faulty: Target,
     Hypothesis)."""
     __tracebackhide__ = True
     control = make_target("numpy", faulty.clause, faulty.config.dtype, faulty.method)
-    prop = test.hypothesis.inner_test  # type: ignore[attr-defined]
+    inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
+
+    @functools.wraps(inner)
+    def prop(**kwargs: Any) -> Any:
+        return inner(**kwargs)
+
+    prop.hypothesis_explicit_examples = []  # type: ignore[attr-defined]  (not inner's list)
     for problem in problems:
         prop = example(problem=problem)(prop)
     prop = settings(CI, phases=[Phase.explicit])(
