@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
+from hypothesis.errors import UnsatisfiedAssumption
 
 from reference.contract import Config
 from reference.problem import Problem
@@ -62,18 +63,27 @@ def run_property(test: Callable[..., Any], target: Target, *, profile: settings 
 
     @functools.wraps(inner)  # same source and signature: the same derandomised examples
     def counted(**kwargs: Any) -> Any:
+        problem = kwargs.get("problem")  # (a data-parallel property draws its problem in a case)
+        try:
+            result = inner(**kwargs)
+        except UnsatisfiedAssumption:  # rejected by ``assume``: neither tried nor failed
+            raise
+        except Exception:
+            out.calls += 1
+            if out.first_failure is None:
+                out.first_failure = out.calls
+                out.drawn.append(kwargs)
+                if problem is not None:
+                    out.tried.append(problem)
+            if problem is not None:
+                out.failing.append(problem)
+            raise
         out.calls += 1
         if out.first_failure is None:
             out.drawn.append(kwargs)
-            if "problem" in kwargs:  # (a data-parallel property draws its problem in a ``case``)
-                out.tried.append(kwargs["problem"])
-        try:
-            return inner(**kwargs)
-        except Exception:
-            out.first_failure = out.first_failure or out.calls
-            if "problem" in kwargs:
-                out.failing.append(kwargs["problem"])
-            raise
+            if problem is not None:
+                out.tried.append(problem)
+        return result
 
     prop = given(**strategies)(profile(counted))
     kwargs: dict[str, Any] = {"target": target}
@@ -100,16 +110,27 @@ def leaves(exc: BaseException) -> list[BaseException]:
 
 def assert_correct_backend_passes(test: Callable[..., Any], faulty: Target,
                                   problems: list[Problem]) -> None:
-    """The property holds for the numpy backend on each of ``problems`` (same dtype, method)."""
+    """The property holds for the numpy backend on each of ``problems`` (same dtype, method),
+    replayed as explicit examples of the property (so that an ``assume`` in it runs inside
+    Hypothesis)."""
     __tracebackhide__ = True
     control = make_target("numpy", faulty.clause, faulty.config.dtype, faulty.method)
     inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
+
+    @functools.wraps(inner)
+    def prop(**kwargs: Any) -> Any:
+        return inner(**kwargs)
+
+    prop.hypothesis_explicit_examples = []  # type: ignore[attr-defined]  (not inner's list)
+    for problem in problems:
+        prop = example(problem=problem)(prop)
+    prop = settings(CI, phases=[Phase.explicit])(
+        given(**test.hypothesis._given_kwargs)(prop))  # type: ignore[attr-defined]
     kwargs: dict[str, Any] = {"target": control}
     if control.method is not None:
         kwargs["method"] = control.method
     with stats.preserved():
-        for problem in problems:
-            inner(problem=problem, **kwargs)
+        prop(**kwargs)
 
 
 def clause_failures(out: Outcome, fault: str, clause: str, dtype: str, method: str | None = None,

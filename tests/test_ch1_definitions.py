@@ -8,6 +8,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from batchgrad_spec.harness import check
+from batchgrad_spec.properties.definitions import (  # noqa: F401 — run here, also by the gallery
+    test_per_example_losses_match_the_reference,
+    test_relu_slope_at_zero_is_zero,
+)
 from batchgrad_spec.strategies import networks, problems
 from reference.grads import (
     batch_grad,
@@ -31,16 +35,6 @@ from reference.problem import (
 )
 
 
-@pytest.mark.clause("1.1")
-@given(problem=problems())
-def test_per_example_losses_match_the_reference(target, method, problem):
-    with check(target, problem) as c:
-        losses, _ = c.per_example()
-        c.close(losses, per_example_losses(c.problem), c.tol().losses, what="ℓ_i",
-                call="checked_per_example(backend, problem, config, method)[0]",
-                expect="per_example_losses(problem)")
-
-
 @pytest.mark.clause("1.2")
 @given(problem=problems())
 def test_batch_loss_is_the_reduction_of_the_per_example_losses(target, problem):
@@ -48,7 +42,6 @@ def test_batch_loss_is_the_reduction_of_the_per_example_losses(target, problem):
         loss, _ = c.loss_and_grad()
         expected = float(np.sum(c.problem.coefficients * per_example_losses(c.problem)))
         c.close(loss, expected, c.tol().loss, what="L",
-                call="checked_loss_and_grad(backend, problem, config)[0]",
                 expect="float(np.sum(problem.coefficients * per_example_losses(problem)))")
 
 
@@ -113,29 +106,6 @@ def test_scaled_convention_sums_to_the_batch_gradient(problem):
         if problem.reduction.name == "mean":
             n = problem.batch.size
             assert np.all(np.abs(g[k].sum(0) - n * batch[k]) <= 2 * n * bound.batch_grads[k]), k
-
-
-def _relu_at_zero_problem(problem: Problem) -> Problem:
-    """The same problem with the first Dense layer zeroed, so every first pre-activation is 0."""
-    params = dict(problem.params)
-    params["0.weight"] = np.zeros_like(params["0.weight"])
-    if "0.bias" in params:
-        params["0.bias"] = np.zeros_like(params["0.bias"])
-    return problem.with_params(params)
-
-
-@pytest.mark.clause("1.5")
-@given(problem=problems(nets=networks(min_depth=2, activations=("relu",))))
-def test_relu_slope_at_zero_is_zero(target, method, problem):
-    """At z = 0 exactly, relu'(0) = 0 (spec §1.5): with it, every gradient below layer 1 is 0."""
-    p = _relu_at_zero_problem(problem)
-    with check(target, p) as c:
-        _, grads = c.per_example()
-        _, ref = per_example_grads(c.problem)
-        assert not np.any(ref["0.weight"])  # the convention, in the reference
-        c.close(grads, ref, c.tol().grads, what="g_i with z = 0 at the first relu",
-                call="checked_per_example(backend, problem, config, method)[1]",
-                expect="per_example_grads(problem)[1]")
 
 
 @pytest.mark.clause("1.5")

@@ -22,7 +22,7 @@ __all__ = ["CH1", "CH2", "CH3", "GALLERY", "PENDING", "Bug", "describe", "proper
 
 CH1 = "tests/test_ch1_definitions.py::"
 CH2 = "tests/test_ch2_core.py::"
-CH3 = "tests/test_ch3_losses.py::"
+CH3 = "tests/test_ch3_loss_options.py::"
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,21 @@ since chapter 5: the last one (a penalty per micro-batch) is
 ``batchgrad_spec.faults.accumulation:penalty_per_micro_batch`` now."""
 
 
+PROPERTIES = ("definitions", "core", "losses", "layers")
+"""The modules of ``batchgrad_spec.properties`` the gallery's properties come from."""
+
+
 def property_test(bug: Bug) -> Callable[..., Any]:
-    """The @given test function named by ``bug.test`` ("tests/…py::name")."""
-    path, _, name = bug.test.partition("::")
-    return getattr(importlib.import_module(path[:-3].replace("/", ".")), name)
+    """The @given property named by ``bug.test`` ("tests/…py::name"): it is library code, defined
+    in a module of ``batchgrad_spec.properties`` and imported by name into that chapter test
+    module (``tests/meta/test_gallery.py`` checks the import)."""
+    _, _, name = bug.test.partition("::")
+    modules = [importlib.import_module(f"batchgrad_spec.properties.{m}") for m in PROPERTIES]
+    found = [getattr(m, name) for m in modules if hasattr(m, name)]
+    if len(found) != 1:
+        raise LookupError(f"{bug.test}: {len(found)} properties named {name} in "
+                          f"batchgrad_spec.properties.{{{', '.join(PROPERTIES)}}}")
+    return found[0]
 
 
 def describe(problem: Problem) -> str:

@@ -30,14 +30,14 @@ from __future__ import annotations
 import pytest
 
 from batchgrad_spec.catching import assert_caught
+from batchgrad_spec.properties import core
 from batchgrad_spec.strategies import problems
-from tests import test_ch2_core
 
 pytestmark = pytest.mark.meta
 
-T2_1 = test_ch2_core.test_gradient_of_the_mean_loss_is_the_mean_of_per_example_gradients
-T2_5 = test_ch2_core.test_every_per_example_gradient_is_taken_at_the_same_parameters
-T2_12 = test_ch2_core.test_backend_per_example_gradients_match_the_reference
+T2_1 = core.test_gradient_of_the_mean_loss_is_the_mean_of_per_example_gradients
+T2_5 = core.test_every_per_example_gradient_is_taken_at_the_same_parameters
+T2_12 = core.test_backend_per_example_gradients_match_the_reference
 
 
 DTYPES = ["float64", "float32"]

@@ -1,9 +1,9 @@
 """The gallery of caught bugs: each classic bug of ``faulty.GALLERY`` is caught by its clause.
 
-For each entry, the property test of its clause is run against the faulty backend (a small wrapper
-of a real backend, ``--backend batchgrad_spec.faults:<name>``) under the ``ci`` profile —
-derandomised,
-``max_examples`` 100 — with the machinery of ``test_faulty_backends.py``. Each case asserts that
+For each entry, the property test of its clause (from ``batchgrad_spec.properties``) is run
+against the faulty backend (a small wrapper of a real backend, ``--backend
+batchgrad_spec.faults:<name>``) under the ``ci`` profile — derandomised, ``max_examples`` 100 —
+with the machinery of ``batchgrad_spec.catching``. Each case asserts that
 
 * the property fails, and every failure is a ``ClauseFailure`` of the expected clause whose message
   names the backend and dtype and carries a repro snippet;
@@ -20,7 +20,6 @@ minute), whose output the table is pasted from.
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -30,11 +29,11 @@ import pytest
 from batchgrad_spec.catching import (
     MAX_EXAMPLES,
     assert_correct_backend_passes,
-    leaves,
+    clause_failures,
     make_target,
     run_property,
 )
-from batchgrad_spec.faults import GALLERY, PENDING, Bug
+from batchgrad_spec.faults.gallery import GALLERY, PENDING, Bug, describe, property_test
 from batchgrad_spec.harness import ClauseFailure
 from batchgrad_spec.resources import ROOT
 
@@ -43,10 +42,12 @@ pytestmark = pytest.mark.meta
 GALLERY_CLAUSES = sorted({b.clause for b in GALLERY}, key=lambda c: tuple(map(int, c.split("."))))
 
 
-def property_test(bug: Bug) -> Callable[..., Any]:
-    """The @given test function named by ``bug.test`` ("tests/…py::name")."""
+def chapter_property(bug: Bug) -> Callable[..., Any]:
+    """``bug``'s property, which the chapter test module named by ``bug.test`` imports by name."""
     path, _, name = bug.test.partition("::")
-    return getattr(importlib.import_module(path[:-3].replace("/", ".")), name)
+    chapter = (ROOT / path).read_text(encoding="utf-8")
+    assert re.search(rf"^    {name},$", chapter, re.M), f"{path} does not import {name}"
+    return property_test(bug)
 
 
 def readme_gallery() -> dict[str, str]:
@@ -62,38 +63,15 @@ def readme_gallery() -> dict[str, str]:
     return rows
 
 
-def describe(problem: Any) -> str:
-    """A problem's size as the README states it: N, the Dense widths, activations, loss."""
-    net = problem.network
-    widths = [d.in_features for _, d in net.dense_layers()] + [net.out_features]
-    acts = [layer.name for layer in net.layers if not hasattr(layer, "in_features")]
-    extra = [", ".join(acts)] if acts else []
-    extra += ["cross-entropy"] if problem.loss.name == "softmax_cross_entropy" else []
-    return (f"N={problem.batch.size}, {'→'.join(map(str, widths))}"
-            + (f" ({'; '.join(extra)})" if extra else ""))
-
-
 def catch(bug: Bug, **kwargs: Any) -> tuple[Any, list[ClauseFailure]]:
     """Run ``bug``'s property against its backend; assert the failures are the expected clause's."""
     __tracebackhide__ = True
     if bug.needs:
         pytest.importorskip(bug.needs)
-    test = property_test(bug)
+    test = chapter_property(bug)
     target = make_target(f"batchgrad_spec.faults:{bug.backend}", bug.clause, bug.dtype, bug.method)
     out = run_property(test, target, **kwargs)
-    assert out.error is not None, (
-        f"{bug.backend} passed §{bug.clause} on {bug.dtype} ({out.calls} examples)")
-    failures = leaves(out.error)
-    for f in failures:
-        if not isinstance(f, ClauseFailure):
-            raise AssertionError(f"{bug.backend}: not a ClauseFailure: {f!r}") from f
-        assert f.clause == bug.clause, f"{bug.backend}: failed §{f.clause}, expected §{bug.clause}"
-        text = str(f)
-        assert text.startswith(f"§{bug.clause} "), text
-        assert f"backend={bug.backend} " in text and f"dtype={bug.dtype}" in text, text
-        assert any(n.startswith(f"# Reproduce §{bug.clause} ") for n in f.__notes__), f.__notes__
-    assert out.first_failure is not None and out.first_failure <= MAX_EXAMPLES
-    return out, failures  # type: ignore[return-value]
+    return out, clause_failures(out, bug.backend, bug.clause, bug.dtype, bug.method)
 
 
 @pytest.mark.clause(*GALLERY_CLAUSES)

@@ -20,14 +20,14 @@ from batchgrad_spec import harness
 from batchgrad_spec.catching import MAX_EXAMPLES, leaves, run_property
 from batchgrad_spec.faults.precision import round_to_tf32
 from batchgrad_spec.harness import ClauseFailure, Target
+from batchgrad_spec.properties import core
 from reference.contract import Config
 from reference.numerics import PRECISIONS, TF32_U, R, Rounding, gamma
-from tests import test_ch2_core
 
 pytestmark = pytest.mark.meta
 
-T2_1 = test_ch2_core.test_gradient_of_the_mean_loss_is_the_mean_of_per_example_gradients
-T2_12 = test_ch2_core.test_backend_per_example_gradients_match_the_reference
+T2_1 = core.test_gradient_of_the_mean_loss_is_the_mean_of_per_example_gradients
+T2_12 = core.test_backend_per_example_gradients_match_the_reference
 SPEC = "batchgrad_spec.faults.precision:tf32_emulation"
 
 

@@ -7,10 +7,12 @@ import inspect
 import re
 from collections import defaultdict
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from batchgrad_spec.harness import clauses
+from batchgrad_spec.properties import core
 from batchgrad_spec.resources import ROOT, SPEC
 
 pytestmark = [pytest.mark.meta, pytest.mark.clause("8.4")]
@@ -38,20 +40,57 @@ def spec_tests() -> dict[str, set[tuple[str, str | None]]]:
     return {k: {(p, n or None) for p, n in v} for k, v in listed.items()}
 
 
+PROPERTIES = "batchgrad_spec.properties."
+"""Test functions defined in these modules and imported into a test module are its tests."""
+
+
+def collected_here(fn: object, module: object) -> bool:
+    """Whether pytest collects ``fn`` as a test of ``module``: defined there, or a property of
+    ``batchgrad_spec.properties`` imported into it by name."""
+    where = getattr(fn, "__module__", "")
+    return where == getattr(module, "__name__", None) or where.startswith(PROPERTIES)
+
+
+def module_tests(module: ModuleType) -> dict[str, set[str]]:
+    """Test name → clause ids from its clause markers (function or module level), for the tests
+    pytest collects in ``module``."""
+    module_marks = getattr(module, "pytestmark", [])
+    module_marks = module_marks if isinstance(module_marks, list) else [module_marks]
+    out: dict[str, set[str]] = {}
+    for name, fn in inspect.getmembers(module, inspect.isfunction):
+        if not name.startswith("test_") or not collected_here(fn, module):
+            continue
+        marks = list(getattr(fn, "pytestmark", [])) + module_marks
+        out[name] = {str(a) for m in marks if m.name == "clause" for a in m.args}
+    return out
+
+
 def cited_tests() -> dict[tuple[str, str], set[str]]:
     """(path, test name) → clause ids from its clause markers (function or module level)."""
     out: dict[tuple[str, str], set[str]] = {}
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
         rel = path.relative_to(ROOT).as_posix()
         module = importlib.import_module(rel[:-3].replace("/", "."))
-        module_marks = getattr(module, "pytestmark", [])
-        module_marks = module_marks if isinstance(module_marks, list) else [module_marks]
-        for name, fn in inspect.getmembers(module, inspect.isfunction):
-            if not name.startswith("test_") or fn.__module__ != module.__name__:
-                continue
-            marks = list(getattr(fn, "pytestmark", [])) + module_marks
-            out[(rel, name)] = {str(a) for m in marks if m.name == "clause" for a in m.args}
+        out.update({(rel, name): ids for name, ids in module_tests(module).items()})
     return out
+
+
+def test_a_property_imported_into_a_test_module_is_its_test_and_must_cite_a_clause():
+    fake = ModuleType("tests.test_fake")
+
+    def test_uncited():  # a property that forgot its clause marker
+        pass
+
+    def test_elsewhere():  # imported from a module that is neither this one nor a property room
+        pass
+
+    test_uncited.__module__ = PROPERTIES + "fake"
+    test_elsewhere.__module__ = "somewhere.else"
+    mean = core.test_gradient_of_the_mean_loss_is_the_mean_of_per_example_gradients
+    for name, fn in [("test_uncited", test_uncited), ("test_elsewhere", test_elsewhere),
+                     ("test_mean", mean)]:
+        setattr(fake, name, fn)
+    assert module_tests(fake) == {"test_uncited": set(), "test_mean": {"2.1"}}
 
 
 def test_every_clause_has_a_test_and_every_test_cites_a_clause():
