@@ -23,71 +23,21 @@ Their own behaviour is tested in ``tests/meta/test_strategies_*.py``.
 
 from __future__ import annotations
 
-from batchgrad_spec.strategies.batch import batches, loss_batches, sequence_batches
-from batchgrad_spec.strategies.layer import (
-    LAYER_KINDS,
-    MAX_DROPOUT_P,
-    MIN_RUNNING_VAR,
-    PER_EXAMPLE_KINDS,
-    PIECEWISE_ACTIVATIONS,
-    dropout_masks,
-    layer_kind,
-    norm_parameters,
-    with_two_outputs,
-)
-from batchgrad_spec.strategies.loss import (
-    CLASS_WEIGHTS,
-    HUBER_DELTAS,
-    IGNORE_INDEX,
-    IGNORED,
-    LABEL_SMOOTHINGS,
-    VARIANCE_RANGE,
-    losses,
-    reductions,
-)
-from batchgrad_spec.strategies.network import layer_networks, networks, parameters
-from batchgrad_spec.strategies.problem import layer_problems, loss_problems, problems
-from batchgrad_spec.strategies.reach import minimal, reaches
-from batchgrad_spec.strategies.value import MAX_BATCH, MAX_DEPTH, MAX_LENGTH, MAX_WIDTH, floats
+from batchgrad_spec.strategies import batch, layer, loss, network, problem, reach, value
+from batchgrad_spec.strategies.batch import *  # noqa: F403
+from batchgrad_spec.strategies.layer import *  # noqa: F403
+from batchgrad_spec.strategies.loss import *  # noqa: F403
+from batchgrad_spec.strategies.network import *  # noqa: F403
+from batchgrad_spec.strategies.problem import *  # noqa: F403
+from batchgrad_spec.strategies.reach import *  # noqa: F403
+from batchgrad_spec.strategies.value import *  # noqa: F403
 
-__all__ = [
-    # values and sizes
-    "MAX_BATCH",
-    "MAX_DEPTH",
-    "MAX_LENGTH",
-    "MAX_WIDTH",
-    "floats",
-    # networks and layers
-    "LAYER_KINDS",
-    "MAX_DROPOUT_P",
-    "MIN_RUNNING_VAR",
-    "PER_EXAMPLE_KINDS",
-    "PIECEWISE_ACTIVATIONS",
-    "dropout_masks",
-    "layer_kind",
-    "layer_networks",
-    "networks",
-    "norm_parameters",
-    "parameters",
-    "with_two_outputs",
-    # losses, their options, reductions
-    "CLASS_WEIGHTS",
-    "HUBER_DELTAS",
-    "IGNORED",
-    "IGNORE_INDEX",
-    "LABEL_SMOOTHINGS",
-    "VARIANCE_RANGE",
-    "losses",
-    "reductions",
-    # batches and sequences
-    "batches",
-    "loss_batches",
-    "sequence_batches",
-    # problems
-    "layer_problems",
-    "loss_problems",
-    "problems",
-    # checking a strategy
-    "minimal",
-    "reaches",
+__all__ = [  # the public API: every room's own __all__, in the order of the list above
+    *value.__all__,
+    *layer.__all__,
+    *network.__all__,
+    *loss.__all__,
+    *batch.__all__,
+    *problem.__all__,
+    *reach.__all__,
 ]

@@ -25,15 +25,7 @@ from batchgrad_spec.strategies import (
 from reference.contract import Undefined
 from reference.grads import batch_grad, forward, per_example_grads
 from reference.problem import CORE_ACTIVATIONS as _CORE_ACTS
-from reference.problem import (
-    Activation,
-    BatchNorm,
-    Dense,
-    Dropout,
-    LayerNorm,
-    Network,
-    Problem,
-)
+from reference.problem import Activation, BatchNorm, Dense, Dropout, LayerNorm, Network, Problem
 
 pytestmark = pytest.mark.meta
 

@@ -4,12 +4,14 @@ it is first drawn from — never a silently empty or vacuous strategy."""
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument, NonInteractiveExampleWarning
 
+from batchgrad_spec import strategies
 from batchgrad_spec.strategies import (
     MAX_DEPTH,
     MAX_WIDTH,
@@ -161,3 +163,20 @@ def test_layer_strategies_reject_bad_arguments_repeating_the_value(case):
 @pytest.mark.parametrize("case", list(LOSS_BAD_ARGUMENTS))
 def test_loss_strategies_reject_bad_arguments_repeating_the_value(case):
     _rejects_repeating_the_value(*LOSS_BAD_ARGUMENTS[case])
+
+
+@pytest.mark.clause("1.6")
+@pytest.mark.parametrize("name", strategies.__all__)
+def test_the_public_api_is_documented_typed_and_keyword_only(name):
+    """Every public name is importable from ``batchgrad_spec.strategies``; a public function
+    has a docstring and typed arguments, and a strategy's options are keyword-only (only the
+    objects it draws for, such as the network, are positional)."""
+    obj = getattr(strategies, name)
+    if callable(obj):
+        assert obj.__doc__ and obj.__doc__.strip(), f"{name} has no docstring"
+        signature = inspect.signature(obj)
+        for p in signature.parameters.values():
+            assert p.annotation is not p.empty, f"{name}: {p.name} has no type"
+            if "SearchStrategy" in str(signature.return_annotation):
+                assert p.kind is p.KEYWORD_ONLY or p.default is p.empty, (
+                    f"{name}: option {p.name} must be keyword-only")
