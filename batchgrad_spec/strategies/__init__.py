@@ -16,6 +16,8 @@ Rooms, each importable on its own (imports run one way, down this list):
 - ``loss``: ``losses`` with their options, ``reductions``;
 - ``batch``: ``batches``, ``loss_batches``, ``sequence_batches``;
 - ``problem``: ``problems`` (chapters 1–2), ``layer_problems`` (4), ``loss_problems`` (3);
+- ``plan``: micro-batch ``splits`` and ``split_cases``, data-parallel ``equal_shards`` and
+  ``any_shards`` (chapter 5);
 - ``reach``: ``reaches`` and ``minimal``, to check what a strategy reaches and shrinks to.
 
 Their own behaviour is tested in ``tests/meta/test_strategies_*.py``.
@@ -23,11 +25,12 @@ Their own behaviour is tested in ``tests/meta/test_strategies_*.py``.
 
 from __future__ import annotations
 
-from batchgrad_spec.strategies import batch, layer, loss, network, problem, reach, value
+from batchgrad_spec.strategies import batch, layer, loss, network, plan, problem, reach, value
 from batchgrad_spec.strategies.batch import *  # noqa: F403
 from batchgrad_spec.strategies.layer import *  # noqa: F403
 from batchgrad_spec.strategies.loss import *  # noqa: F403
 from batchgrad_spec.strategies.network import *  # noqa: F403
+from batchgrad_spec.strategies.plan import *  # noqa: F403
 from batchgrad_spec.strategies.problem import *  # noqa: F403
 from batchgrad_spec.strategies.reach import *  # noqa: F403
 from batchgrad_spec.strategies.value import *  # noqa: F403
@@ -39,5 +42,6 @@ __all__ = [  # the public API: every room's own __all__, in the order of the lis
     *loss.__all__,
     *batch.__all__,
     *problem.__all__,
+    *plan.__all__,
     *reach.__all__,
 ]

@@ -15,8 +15,10 @@ from batchgrad_spec import strategies
 from batchgrad_spec.strategies import (
     MAX_DEPTH,
     MAX_WIDTH,
+    any_shards,
     batches,
     dropout_masks,
+    equal_shards,
     floats,
     layer_networks,
     layer_problems,
@@ -29,6 +31,8 @@ from batchgrad_spec.strategies import (
     reaches,
     reductions,
     sequence_batches,
+    split_cases,
+    splits,
 )
 from reference.problem import Dense, Dropout, Loss, Network, Reduction
 
@@ -71,6 +75,13 @@ BAD_ARGUMENTS = {
     "parameters() of a non-Network": (lambda: parameters(Dense(1, 1)), "Dense(1, 1)"),
     "dropout_masks() for 0 examples": (
         lambda: dropout_masks(Network((Dropout(0.5), Dense(1, 1))), 0), "n=0"),
+    "splits() of an empty batch": (lambda: splits(0), "n=0"),
+    "splits() with min_parts > max_parts": (lambda: splits(4, min_parts=3, max_parts=2),
+                                           "min_parts=3"),
+    "split_cases() of a non-strategy": (lambda: split_cases(NET), "problem_strategy=Network"),
+    "equal_shards() on 0 ranks": (lambda: equal_shards(problems(), ranks=0), "ranks=0"),
+    "any_shards() of a non-strategy": (lambda: any_shards(NET, ranks=2),
+                                       "problem_strategy=Network"),
     "reaches() with no examples": (lambda: reaches(st.just(1), bool, max_examples=0),
                                    "max_examples=0"),
 }
