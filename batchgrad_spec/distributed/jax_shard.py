@@ -9,8 +9,7 @@ see
 nobody has to set anything. The worker builds a one-axis mesh ``Mesh(devices[:R], ("d",))``.
 
 Each rank's loss and gradient are the jax backend's own: ``batchgrad_spec.backends.jax_backend``
-embeds
-each shard's problem in its fixed-shape bucket (``_pad``) and ``_padded_batch`` is the very
+embeds each shard's problem in its fixed-shape bucket (``pad``) and ``_padded_batch`` is the very
 function ``--backend jax`` jits for ``loss_and_grad`` (``jax.value_and_grad`` of its reduced
 loss, every loss it supports), so every problem of a dtype and bucket runs one compiled program,
 kept in the jax backend's persistent compilation cache. The R shards, each padded to the bucket
@@ -58,9 +57,9 @@ AXIS = "d"
 
 # -- the worker process ----------------------------------------------------------------------------
 class _Backend:
-    """The jax backend's bucketed machinery as this engine uses it: ``_pad`` (a problem in its
+    """The jax backend's bucketed machinery as this engine uses it: ``pad`` (a problem in its
     bucket), ``_padded_batch`` (the backend's own value and gradient of the reduced loss, the
-    function ``--backend jax`` jits) and ``_unpad`` (the real parameters' gradients). The
+    function ``--backend jax`` jits) and ``unpad`` (the real parameters' gradients). The
     arguments of ``_padded_batch`` after θ, the network and the examples are the fields of
     ``Padded`` after ``ex``, whatever they are: arrays (coefficients, reduction, …), sharded with
     the examples, and Python scalars (a tier flag, …), which ``--backend jax`` passes as static
@@ -68,22 +67,20 @@ class _Backend:
 
     def __init__(self) -> None:
         import dataclasses
-        import inspect
 
         from batchgrad_spec.backends import jax_backend as jb
 
         names = [f.name for f in dataclasses.fields(jb.Padded)]
         if names[:4] != ["layout", "params", "net", "ex"]:
-            raise RuntimeError(f"batchgrad_spec/backends/jax_backend.py: Padded has fields "
+            raise RuntimeError(f"batchgrad_spec/backends/jax_backend/buckets.py: Padded has fields "
                                f"{names}; batchgrad_spec/distributed/jax_shard.py:_Backend "
                                f"expects layout, params, net, ex first")
         self.jb, self.extra = jb, names[4:]
-        self.unpad_takes_problem = "problem" in inspect.signature(jb._unpad).parameters
 
     def pad(self, problem: Problem, dtype: np.dtype
             ) -> tuple[Any, list[np.ndarray], tuple[tuple[int, Any], ...]]:
         """(padded, the array fields after ``ex``, the static ones as (position, value))."""
-        padded = self.jb._pad(problem, dtype)
+        padded = self.jb.pad(problem, dtype)
         values = [getattr(padded, f) for f in self.extra]
         static = tuple((i, v) for i, v in enumerate(values)
                        if isinstance(v, bool | int | float | str) or v is None)
@@ -98,10 +95,7 @@ class _Backend:
         return self.jb._padded_batch(params, net, ex, *extra)
 
     def unpad(self, problem: Problem, padded: Any, grads: Any, lead: tuple) -> Grads:
-        if self.unpad_takes_problem:
-            out = self.jb._unpad(problem, padded.layout, grads, lead)
-        else:
-            out = self.jb._unpad(padded.layout, *grads, lead)
+        out = self.jb.unpad(problem, padded.layout, grads, lead)
         return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
