@@ -12,8 +12,10 @@ all-reduce:
   dtype in numpy (``SimulatedEngine``). It is what the meta-tests inject faults into.
 
 Engines are started on first use, once per test session, reused by every Hypothesis example, and
-stopped at exit (``shutdown``). ``engine_for(name)`` returns the engine of a built-in backend, or
-raises ``NoEngine`` with a one-line reason.
+stopped at exit (``shutdown``); the torch and jax engines share that lifecycle, with its timeouts
+and failure handling (``batchgrad_spec/distributed/lifecycle.py``), and their worker processes
+(``batchgrad_spec/distributed/workers.py``). ``engine_for(name)`` returns the engine of a
+built-in backend, or raises ``NoEngine`` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from reference.parallel import (
     SCHEMES,
     count_weighted_scales,
     normaliser,
+    rank_mean_scales,
     shards,
     sum_type,
+    summed_scales,
 )
 from reference.problem import Problem
 
@@ -101,15 +105,17 @@ Combine = Callable[[Job, list[Problem]], tuple[list[float], float]]
 
 
 def _scales(job: Job, parts: list[Problem]) -> tuple[list[float], float]:
-    """(S_r, post-backward factor d of the penalty) of a scheme, as the engines compute them."""
+    """(S_r, post-backward factor d of the penalty) of a scheme, as the engines compute them: the
+    scales of ``reference.parallel``, and d = 1/R under its averaging schemes, 1 otherwise."""
     r = len(parts)
+    d = 1.0 / r if job.scheme in AVERAGING else 1.0
     if job.scheme == "rank_mean":
-        return [1.0 / r] * r, 1.0 / r
+        return rank_mean_scales(r), d
     if job.scheme == "count_weighted":
-        return count_weighted_scales(parts), 1.0 / r
-    if job.scheme == "global_normaliser":
-        return [1.0 / float(np.sum([normaliser(p) for p in parts]))] * r, 1.0
-    return [1.0] * r, 1.0  # summed
+        return count_weighted_scales(parts), d
+    if job.scheme == "global_normaliser":  # reference.parallel.plan forms these inline
+        return [1.0 / float(np.sum([normaliser(p) for p in parts]))] * r, d
+    return summed_scales(r), d
 
 
 class SimulatedEngine:

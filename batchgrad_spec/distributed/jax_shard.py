@@ -9,8 +9,7 @@ see
 nobody has to set anything. The worker builds a one-axis mesh ``Mesh(devices[:R], ("d",))``.
 
 Each rank's loss and gradient are the jax backend's own: ``batchgrad_spec.backends.jax_backend``
-embeds
-each shard's problem in its fixed-shape bucket (``_pad``) and ``_padded_batch`` is the very
+embeds each shard's problem in its fixed-shape bucket (``pad``) and ``_padded_batch`` is the very
 function ``--backend jax`` jits for ``loss_and_grad`` (``jax.value_and_grad`` of its reduced
 loss, every loss it supports), so every problem of a dtype and bucket runs one compiled program,
 kept in the jax backend's persistent compilation cache. The R shards, each padded to the bucket
@@ -36,7 +35,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import warnings
 from typing import Any
 
@@ -46,8 +44,11 @@ from reference.grads import Grads
 from reference.parallel import normaliser, shards, sum_type
 from reference.problem import Problem
 
-from . import EngineError, Job
-from .workers import Pool, WorkerError, serve
+from . import Job
+from .lifecycle import PooledEngine
+from .workers import serve
+
+__all__ = ["JaxShardMapEngine", "main"]
 
 START_TIMEOUT_S = 180.0
 """Start-up: one interpreter importing jax, optax and the jax backend."""
@@ -58,9 +59,9 @@ AXIS = "d"
 
 # -- the worker process ----------------------------------------------------------------------------
 class _Backend:
-    """The jax backend's bucketed machinery as this engine uses it: ``_pad`` (a problem in its
+    """The jax backend's bucketed machinery as this engine uses it: ``pad`` (a problem in its
     bucket), ``_padded_batch`` (the backend's own value and gradient of the reduced loss, the
-    function ``--backend jax`` jits) and ``_unpad`` (the real parameters' gradients). The
+    function ``--backend jax`` jits) and ``unpad`` (the real parameters' gradients). The
     arguments of ``_padded_batch`` after θ, the network and the examples are the fields of
     ``Padded`` after ``ex``, whatever they are: arrays (coefficients, reduction, …), sharded with
     the examples, and Python scalars (a tier flag, …), which ``--backend jax`` passes as static
@@ -68,22 +69,20 @@ class _Backend:
 
     def __init__(self) -> None:
         import dataclasses
-        import inspect
 
         from batchgrad_spec.backends import jax_backend as jb
 
         names = [f.name for f in dataclasses.fields(jb.Padded)]
         if names[:4] != ["layout", "params", "net", "ex"]:
-            raise RuntimeError(f"batchgrad_spec/backends/jax_backend.py: Padded has fields "
+            raise RuntimeError(f"batchgrad_spec/backends/jax_backend/buckets.py: Padded has fields "
                                f"{names}; batchgrad_spec/distributed/jax_shard.py:_Backend "
                                f"expects layout, params, net, ex first")
         self.jb, self.extra = jb, names[4:]
-        self.unpad_takes_problem = "problem" in inspect.signature(jb._unpad).parameters
 
     def pad(self, problem: Problem, dtype: np.dtype
             ) -> tuple[Any, list[np.ndarray], tuple[tuple[int, Any], ...]]:
         """(padded, the array fields after ``ex``, the static ones as (position, value))."""
-        padded = self.jb._pad(problem, dtype)
+        padded = self.jb.pad(problem, dtype)
         values = [getattr(padded, f) for f in self.extra]
         static = tuple((i, v) for i, v in enumerate(values)
                        if isinstance(v, bool | int | float | str) or v is None)
@@ -98,10 +97,7 @@ class _Backend:
         return self.jb._padded_batch(params, net, ex, *extra)
 
     def unpad(self, problem: Problem, padded: Any, grads: Any, lead: tuple) -> Grads:
-        if self.unpad_takes_problem:
-            out = self.jb._unpad(problem, padded.layout, grads, lead)
-        else:
-            out = self.jb._unpad(padded.layout, *grads, lead)
+        out = self.jb.unpad(problem, padded.layout, grads, lead)
         return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
@@ -301,79 +297,43 @@ def main(argv: list[str]) -> None:
 
 
 # -- the engine (this process) ---------------------------------------------------------------------
-class JaxShardMapEngine:
-    """``jax.shard_map`` over R host CPU devices of one worker process, started once."""
+class JaxShardMapEngine(PooledEngine):
+    """``jax.shard_map`` over R host CPU devices of one worker process, started once
+    (``lifecycle.PooledEngine``: start, timeouts, failures)."""
 
     name = "jax"
+    module = "batchgrad_spec.distributed.jax_shard"
+    label = "jax shard_map worker"
+    title = "jax shard_map"
+    stopped_text = "the worker"
+    start_timeout_s = START_TIMEOUT_S
+    reply_timeout_s = REPLY_TIMEOUT_S
 
-    def __init__(self, world_size: int) -> None:
-        self.world_size = world_size
-        self.startup_s: float | None = None
-        self.jobs = 0
-        self.failure: str | None = None
-        self._pool: Pool | None = None
+    @property
+    def workers_text(self) -> str:
+        return f"the worker with {self.world_size} host devices"
 
-    def _start(self) -> None:
-        t0 = time.perf_counter()
+    def _pool_size(self) -> int:
+        return 1
+
+    def _pool_env(self) -> dict[str, str]:
         flags = os.environ.get("XLA_FLAGS", "")
         flags = " ".join(f for f in flags.split()
                          if not f.startswith("--xla_force_host_platform_device_count"))
-        env = {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count="
-                            f"{self.world_size}".strip(),
-               "JAX_PLATFORMS": "cpu"}
-        pool = Pool("batchgrad_spec.distributed.jax_shard", 1, env=env,
-                    label="jax shard_map worker")
-        try:
-            pool.start(START_TIMEOUT_S, lambda _: ["--world", str(self.world_size)])
-        except WorkerError as exc:
-            raise self._failed(f"jax shard_map: the worker with {self.world_size} host devices "
-                               f"did not start: {exc}", exc) from exc
-        self._pool = pool
-        self.startup_s = time.perf_counter() - t0
-
-    def reset(self) -> None:
-        """Forget a failure: the next job (re)starts the workers if they are not running."""
-        self.failure = None
-
-    def _failed(self, message: str, cause: Exception) -> EngineError:
-        """Stop the workers and remember why: until ``reset`` every job fails at once with the
-        same message (a failing test then shrinks in seconds, without a restart per example)."""
-        self.close()
-        self.failure = message
-        err = EngineError(message)
-        err.__cause__ = cause
-        return err
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-        self._pool = None
-
-    def _request(self, kind: str, job: Job) -> Any:
-        if self.failure is not None:
-            raise EngineError(f"{self.failure}\n(not retried until the next test)")
-        if self._pool is None or not self._pool.alive:
-            self.close()
-            self._start()
-        assert self._pool is not None
-        try:
-            (answer,) = self._pool.request([(kind, job)], REPLY_TIMEOUT_S)
-        except WorkerError as exc:
-            raise self._failed(f"jax shard_map failed on {job!r}; the worker was stopped (it "
-                               f"restarts for the next test): {exc}", exc) from exc
-        self.jobs += 1
-        return answer
+        return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count="
+                             f"{self.world_size}".strip(),
+                "JAX_PLATFORMS": "cpu"}
 
     def run(self, job: Job) -> list[Grads]:
         if len(job.sizes) != self.world_size:
             raise ValueError(f"job has {len(job.sizes)} shards; the mesh has "
                              f"{self.world_size} devices")
-        return self._request("job", job)  # type: ignore[no-any-return]
+        return self._request(job, [("job", job)])[0]  # type: ignore[no-any-return]
 
     def variants(self, job: Job) -> dict[str, Any]:
         """Spec §5.9's table of idioms on ``job.problem`` (a bias-free linear least-squares
         problem with N = R·n): {idiom: gradient of "0.weight", or the error it raised}."""
-        return self._request("variants", job)  # type: ignore[no-any-return]
+        return self._request(job, [("variants", job)])[0]  # type: ignore[no-any-return]
 
 
 if __name__ == "__main__":

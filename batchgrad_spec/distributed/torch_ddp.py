@@ -32,7 +32,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,8 +42,11 @@ from reference.grads import Grads
 from reference.parallel import normaliser, shards, sum_type
 from reference.problem import Problem
 
-from . import EngineError, Job
-from .workers import Pool, WorkerError, serve
+from . import Job
+from .lifecycle import PooledEngine
+from .workers import serve
+
+__all__ = ["TorchDDPEngine", "main"]
 
 START_TIMEOUT_S = 120.0
 """Start-up: spawning R interpreters that import torch (1.5–2 s each on 2 cores) and joining."""
@@ -154,54 +157,37 @@ def main(argv: list[str]) -> None:
 
 
 # -- the engine (this process) ---------------------------------------------------------------------
-class TorchDDPEngine:
-    """``torch.distributed`` (gloo) over R local processes, started once and reused."""
+class TorchDDPEngine(PooledEngine):
+    """``torch.distributed`` (gloo) over R local processes, started once and reused
+    (``lifecycle.PooledEngine``: start, timeouts, failures); the ``TCPStore`` lives here."""
 
     name = "torch"
+    module = "batchgrad_spec.distributed.torch_ddp"
+    label = "torch DDP rank"
+    title = "torch DDP"
+    stopped_text = "the cluster"
+    start_timeout_s = START_TIMEOUT_S
+    reply_timeout_s = REPLY_TIMEOUT_S
 
     def __init__(self, world_size: int) -> None:
-        self.world_size = world_size
-        self.startup_s: float | None = None
-        self.jobs = 0
-        self.failure: str | None = None
-        self._pool: Pool | None = None
+        super().__init__(world_size)
         self._store: Any = None
 
-    def _start(self) -> None:
+    @property
+    def workers_text(self) -> str:
+        return f"the gloo cluster of {self.world_size} ranks on 127.0.0.1"
+
+    def _prepare(self) -> Callable[[int], list[str]]:
         import torch.distributed as dist
 
-        t0 = time.perf_counter()
         self._store = dist.TCPStore("127.0.0.1", 0, world_size=None, is_master=True,
                                     timeout=datetime.timedelta(seconds=START_TIMEOUT_S),
                                     wait_for_workers=False)
-        pool = Pool("batchgrad_spec.distributed.torch_ddp", self.world_size, label="torch DDP rank")
-        try:
-            pool.start(START_TIMEOUT_S, lambda r: ["--world", str(self.world_size),
-                                                   "--store-port", str(self._store.port)])
-        except WorkerError as exc:
-            raise self._failed(f"torch DDP: the gloo cluster of {self.world_size} ranks on "
-                               f"127.0.0.1 did not start: {exc}", exc) from exc
-        self._pool = pool
-        self.startup_s = time.perf_counter() - t0
+        port = str(self._store.port)
+        return lambda r: ["--world", str(self.world_size), "--store-port", port]
 
-    def reset(self) -> None:
-        """Forget a failure: the next job (re)starts the workers if they are not running."""
-        self.failure = None
-
-    def _failed(self, message: str, cause: Exception) -> EngineError:
-        """Stop the workers and remember why: until ``reset`` every job fails at once with the
-        same message (a failing test then shrinks in seconds, without a restart per example)."""
-        self.close()
-        self.failure = message
-        err = EngineError(message)
-        err.__cause__ = cause
-        return err
-
-    def close(self) -> None:
-        """Stop the workers (politely, then by force) and the store."""
-        if self._pool is not None:
-            self._pool.close()
-        self._pool, self._store = None, None
+    def _release(self) -> None:
+        self._store = None
 
     def run(self, job: Job) -> list[Grads]:
         if len(job.sizes) != self.world_size:
@@ -209,18 +195,7 @@ class TorchDDPEngine:
                              f"{self.world_size} ranks")
         if job.scheme == "shard_map_textbook":
             raise ValueError("shard_map_textbook is a JAX idiom; torch has no counterpart")
-        if self.failure is not None:
-            raise EngineError(f"{self.failure}\n(not retried until the next test)")
-        if self._pool is None or not self._pool.alive:
-            self.close()
-            self._start()
-        assert self._pool is not None
-        try:
-            answers = self._pool.request([job] * self.world_size, REPLY_TIMEOUT_S)
-        except WorkerError as exc:
-            raise self._failed(f"torch DDP failed on {job!r}; the cluster was stopped (it "
-                               f"restarts for the next test): {exc}", exc) from exc
-        self.jobs += 1
+        answers = self._request(job, [job] * self.world_size)
         return [{k: np.asarray(v) for k, v in a.items()} for a in answers]
 
 

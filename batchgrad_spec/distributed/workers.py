@@ -26,6 +26,8 @@ from multiprocessing.connection import Client, Connection, answer_challenge, del
 from pathlib import Path
 from typing import Any
 
+__all__ = ["Pool", "WorkerError", "serve"]
+
 ROOT = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 1.0
 """How long stopping workers may take before they are killed."""
