@@ -20,22 +20,18 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
-from reference.problem import (
-    ACTIVATION_NAMES,
-    CORE_ACTIVATIONS,
+from reference.activations import ACTIVATION_NAMES, CORE_ACTIVATIONS, Activation
+from reference.batch import Batch
+from reference.layers import Dense, Layer, Network
+from reference.losses import (
     CORE_LOSSES,
     CORE_REDUCTIONS,
     LOSS_NAMES,
     REDUCTION_NAMES,
-    Activation,
-    Batch,
-    Dense,
-    Layer,
     Loss,
-    Network,
-    Problem,
     Reduction,
 )
+from reference.problem import Problem
 
 MAX_WIDTH = 16
 MAX_DEPTH = 4
@@ -130,7 +126,7 @@ def parameters(network: Network, *, max_magnitude: float = 2.0) -> st.SearchStra
     same network with them: examples shrink towards biases, as ``networks()`` documents.
     """
     if not isinstance(network, Network):
-        raise InvalidArgument(f"network={network!r} must be a reference.problem.Network")
+        raise InvalidArgument(f"network={network!r} must be a reference.layers.Network")
     elements = floats(max_magnitude=max_magnitude)
 
     @st.composite
@@ -236,7 +232,8 @@ def problems(
 # data) and the piecewise activations leaky_relu and elu, all opt-in: the defaults above draw
 # exactly what they drew before chapter 4 (spec §4.1–§4.7). ``parameters`` and ``batches`` call
 # ``norm_parameters`` and ``dropout_masks`` only for networks that have those layers.
-from reference.problem import NORMS, BatchNorm, Dropout, LayerNorm  # noqa: E402
+from reference.layers import NORMS, Dropout  # noqa: E402
+from reference.norms import BatchNorm, LayerNorm  # noqa: E402
 
 LAYER_KINDS = ("layer_norm", "batch_norm", "batch_norm_eval", "dropout")
 """What ``layer_networks`` inserts: LayerNorm, train-mode BatchNorm, eval-mode BatchNorm (running
@@ -528,7 +525,7 @@ def _check_loss_args(network: Network, loss: Loss, reduction: Reduction) -> None
     for arg, value, kind in (("network", network, Network), ("loss", loss, Loss),
                              ("reduction", reduction, Reduction)):
         if not isinstance(value, kind):
-            raise InvalidArgument(f"{arg}={value!r} must be a reference.problem.{kind.__name__}")
+            raise InvalidArgument(f"{arg}={value!r} must be a {kind.__module__}.{kind.__name__}")
     if loss.name == "softmax_cross_entropy" and network.out_features < 2:
         raise InvalidArgument(f"network={network!r} has {network.out_features} output; "
                               f"cross-entropy needs at least 2 classes")

@@ -61,18 +61,14 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from reference.activations import Activation  # noqa: E402
+from reference.batch import Batch  # noqa: E402
+from reference.bounds import problem_tolerance  # noqa: E402
 from reference.contract import Config, checked_loss_and_grad, checked_per_example  # noqa: E402
 from reference.grads import combine, per_example_grads  # noqa: E402
-from reference.numerics import tolerance  # noqa: E402
-from reference.problem import (  # noqa: E402
-    Activation,
-    Batch,
-    Dense,
-    Loss,
-    Network,
-    Problem,
-    Reduction,
-)
+from reference.layers import Dense, Network  # noqa: E402
+from reference.losses import Loss, Reduction  # noqa: E402
+from reference.problem import Problem  # noqa: E402
 
 BUILTIN = ("numpy", "torch", "jax")
 TORCH_DEFAULT_THREADS = (__import__("torch").get_num_threads()
@@ -477,8 +473,8 @@ def section_d(backends: list[str], widths: list[int], batches: list[int], min_ti
             p = mlp([w] * 5, "gelu", n)
             r = {"reference": timeit(lambda p=p: per_example_grads(p), min_time=min_time,
                                      repeats=repeats),
-                 "error bound": timeit(lambda p=p: tolerance(p, "float64"), min_time=min_time,
-                                       repeats=repeats)}
+                 "error bound": timeit(lambda p=p: problem_tolerance(p, "float64"),
+                                       min_time=min_time, repeats=repeats)}
             for name, b in objs.items():
                 r[f"{name} loss_and_grad"] = timeit(
                     lambda p=p, b=b: checked_loss_and_grad(b, p, cfg), min_time=min_time,

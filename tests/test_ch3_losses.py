@@ -29,10 +29,14 @@ from batchgrad_spec.strategies import (
     loss_problems,
     networks,
 )
+from reference.batch import Batch
+from reference.bounds import error_bound, problem_tolerance
 from reference.grads import batch_grad, combine, forward, per_example_grads, per_example_losses
-from reference.numerics import REFERENCE, error_bound, precision, tolerance
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.numerics import REFERENCE, precision
 from reference.ops import log_softmax
-from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
+from reference.problem import Problem
 
 CE = "softmax_cross_entropy"
 ELEMENTWISE = ("squared_error", "bce_with_logits", "huber", "gaussian_nll")
@@ -194,7 +198,7 @@ def test_hypothesis_finds_a_class_weighted_mean_whose_gradient_is_not_the_mean_o
         _, g = per_example_grads(p)
         _, grad = batch_grad(p)
         mean_of_g = combine(g, np.full(p.batch.size, 1.0 / p.batch.size))
-        tol = tolerance(p, "float32").batch_grads
+        tol = problem_tolerance(p, "float32").batch_grads
         return float32_difference(mean_of_g, grad, tol, tol)
 
     p = find(loss_problems(losses=(CE,), class_weights=True, ignore_index=False,
@@ -250,8 +254,8 @@ def test_hypothesis_finds_unequal_valid_elements_where_n_times_the_mean_gradient
         _, grad = batch_grad(p)
         _, g = per_example_grads(p)
         means = combine(g, 1.0 / tokens)
-        tol = tolerance(p, "float32").batch_grads
-        per_mean = tolerance(p.with_reduction("sequence_mean"), "float32").batch_grads
+        tol = problem_tolerance(p, "float32").batch_grads
+        per_mean = problem_tolerance(p.with_reduction("sequence_mean"), "float32").batch_grads
         return float32_difference({k: n * v for k, v in grad.items()}, means,
                                   {k: n * v for k, v in tol.items()},
                                   {k: n * v for k, v in per_mean.items()})
@@ -478,8 +482,8 @@ def test_hypothesis_finds_one_hot_soft_targets_that_differ_from_hard_labels_when
     def differ(p: Problem) -> bool:
         hard = p.rounded("float32")
         soft = one_hot(hard)
-        tol_h = tolerance(hard, "float32").batch_grads
-        tol_s = tolerance(soft, "float32").batch_grads
+        tol_h = problem_tolerance(hard, "float32").batch_grads
+        tol_s = problem_tolerance(soft, "float32").batch_grads
         return float32_difference(batch_grad(hard)[1], batch_grad(soft)[1], tol_h, tol_s)
 
     p = find(loss_problems(losses=(CE,), class_weights=True, ignore_index=False,
@@ -547,8 +551,8 @@ def test_hypothesis_finds_unequal_valid_tokens_where_token_mean_and_sequence_mea
         p = p.rounded("float32")
         q = p.with_reduction("sequence_mean")
         return float32_difference(batch_grad(p)[1], batch_grad(q)[1],
-                                  tolerance(p, "float32").batch_grads,
-                                  tolerance(q, "float32").batch_grads)
+                                  problem_tolerance(p, "float32").batch_grads,
+                                  problem_tolerance(q, "float32").batch_grads)
 
     p = find(loss_problems(sequences=True, class_weights=False, empty_sequences=False,
                            reductions=("mean",)), differ, settings=FIND)
@@ -699,7 +703,7 @@ def test_non_negative_losses_are_never_below_zero_beyond_rounding(target, method
 def test_hypothesis_finds_a_negative_gaussian_nll():
     def negative(p: Problem) -> bool:
         p = p.rounded("float32")
-        return bool(np.any(per_example_losses(p) < -tolerance(p, "float32").losses))
+        return bool(np.any(per_example_losses(p) < -problem_tolerance(p, "float32").losses))
 
     p = find(loss_problems(losses=("gaussian_nll",)), negative, settings=FIND)
     assert np.min(per_example_losses(p)) < 0, p

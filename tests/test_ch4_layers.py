@@ -32,20 +32,18 @@ from batchgrad_spec.strategies import (
     networks,
     problems,
 )
-from reference.contract import BackendError, Undefined
+from reference.activations import Activation
+from reference.batch import Batch
+from reference.bounds import error_bound, problem_tolerance
+from reference.contract import BackendError
 from reference.grads import batch_grad, combine, forward, per_example_grads, per_example_losses
-from reference.numerics import REFERENCE, error_bound, gamma, tolerance
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.norms import BatchNorm
+from reference.numerics import REFERENCE, gamma
 from reference.ops import ACTIVATIONS, LEAKY_SLOPE
-from reference.problem import (
-    Activation,
-    Batch,
-    BatchNorm,
-    Dense,
-    Loss,
-    Network,
-    Problem,
-    Reduction,
-)
+from reference.problem import Problem
+from reference.types import Undefined
 
 # -- known deviations ----------------------------------------------------------------------------
 JAX_LEAKY = ("§4.6 jax.nn.leaky_relu is jnp.where(x >= 0, x, negative_slope * x), so its slope at "
@@ -253,8 +251,8 @@ def test_per_example_gradients_through_train_mode_batchnorm_raise_undefined(
                 c.fail(f"raised Undefined, but its message does not cite §4.3: {exc}")
             return
         c.fail("returned per-example gradients through a train-mode BatchNorm, where ℓ_i depends "
-               "on every example; the contract requires reference.contract.Undefined citing §4.3",
-               snippet=(PER_EXAMPLE_CALL, "'reference.contract.Undefined'"))
+               "on every example; the contract requires reference.types.Undefined citing §4.3",
+               snippet=(PER_EXAMPLE_CALL, "'reference.types.Undefined'"))
 
 
 @pytest.mark.clause("4.3")
@@ -334,7 +332,7 @@ def test_a_jax_vmap_of_grad_through_batch_statistics_silently_gives_batch_of_one
     for i in range(p.batch.size):
         one = p.with_batch(p.batch.take([i]))
         _, g1 = batch_grad(one)
-        tol = tolerance(one, "float64").batch_grads
+        tol = problem_tolerance(one, "float64").batch_grads
         for k in g1:
             assert np.all(np.abs(np.asarray(per_ex[k][i]) - g1[k]) <= tol[k]), (k, i)
         assert not np.any(g1["0.weight"])  # nothing below the BatchNorm learns

@@ -31,20 +31,20 @@ from batchgrad_spec.strategies import loss_problems, networks, problems
 from reference.accumulation import (
     Accumulation,
     accumulate,
+    accumulation_tolerance,
     count_weighted,
     full_batch_gradient,
     full_batch_tolerance,
     global_normaliser,
     naive,
     summed,
-    tolerance,
     with_l2,
 )
 from reference.contract import BackendError, accumulation_methods, checked_accumulate, implements
-from reference.grads import Grads
 from reference.numerics import REFERENCE
 from reference.parallel import shards
 from reference.problem import Problem
+from reference.types import Grads
 
 MAX_PARTS = 4
 """Micro-batches per step: K in 1..4 (N ≤ 8 examples, ≤ 4 sequences)."""
@@ -145,7 +145,7 @@ class AccumulationCheck(Check):
         g, call = self.accumulate(plan, method)
         cfg = self.target.config
         self.close(g, accumulate(self.problem, plan),
-                   tolerance(self.problem, plan, cfg.dtype, cfg.precision, method),
+                   accumulation_tolerance(self.problem, plan, cfg.dtype, cfg.precision, method),
                    what=f"{what} (the scheme's own value)", call=call,
                    expect=f"accumulate(problem, {plan!r})")
         full = full_batch_gradient(self.problem, plan)
@@ -368,9 +368,10 @@ def test_an_l2_penalty_added_to_every_micro_batch_loss_contributes_k_lambda_thet
         theta = c.problem.params
         u = REFERENCE.u  # (K − 1)·λ·θ formed in float64: two roundings
         tol = {n: a + b + 2 * u * np.abs((k - 1) * lam * theta[n])
-               for (n, a), b in zip(tolerance(c.problem, once, cfg.dtype, cfg.precision).items(),
-                                    tolerance(c.problem, each, cfg.dtype,
-                                              cfg.precision).values(), strict=True)}
+               for (n, a), b in zip(accumulation_tolerance(c.problem, once, cfg.dtype,
+                                                           cfg.precision).items(),
+                                    accumulation_tolerance(c.problem, each, cfg.dtype,
+                                                           cfg.precision).values(), strict=True)}
         c.close({n: g_each[n] - g_once[n] for n in theta},
                 {n: (k - 1) * lam * theta[n] for n in theta}, tol,
                 what="G(penalty in each micro-batch) − G(penalty once)",

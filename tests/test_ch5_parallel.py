@@ -42,10 +42,15 @@ from batchgrad_spec.distributed import (
 )
 from batchgrad_spec.harness import Check, Target
 from batchgrad_spec.strategies import loss_problems, problems
-from reference.grads import Grads, batch_grad
-from reference.numerics import REFERENCE, error_bound
-from reference.parallel import Plan, plan
-from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
+from reference.batch import Batch
+from reference.bounds import error_bound
+from reference.grads import batch_grad
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.numerics import REFERENCE
+from reference.parallel import Combination, data_parallel
+from reference.problem import Problem
+from reference.types import Grads
 
 R = WORLD_SIZE
 
@@ -170,11 +175,11 @@ def _call(c: Check, job: Job) -> str:
             f"sizes={job.sizes!r}, scheme={job.scheme!r}{extra}))")
 
 
-def _full_tolerance(c: Check, pl: Plan, factor: float = 1.0) -> dict[str, np.ndarray]:
+def _full_tolerance(c: Check, pl: Combination, factor: float = 1.0) -> dict[str, np.ndarray]:
     """The plan's tolerance, plus the float64 reference's own bound on the whole batch's
     gradient (times ``factor``): the expected value is computed from the whole batch, not from
     the parts (spec §7.2)."""
-    tol = pl.tolerance(c.target.config.dtype, c.target.config.precision)
+    tol = pl.combination_tolerance(c.target.config.dtype, c.target.config.precision)
     whole = error_bound(c.problem, REFERENCE).batch_grads
     return {k: v + abs(factor) * whole[k] for k, v in tol.items()}
 
@@ -217,7 +222,7 @@ def test_rank_averaged_gradient_over_equal_shards_is_the_full_batch_gradient(tar
     problem, sizes = case
     with DPCheck(target, problem) as c:
         job = Job(c.problem, target.config.dtype, sizes, "rank_mean")
-        pl = plan(c.problem, sizes, "rank_mean")
+        pl = data_parallel(c.problem, sizes, "rank_mean")
         _compare(c, job, batch_grad(c.problem)[1], _full_tolerance(c, pl),
                  "(1/R) Σ_r ∇L_r over equal shards = ∇L", "batch_grad(problem)[1]")
 
@@ -237,10 +242,10 @@ def _rank_average_differs(target: Target, seen: list[Problem]
                 return False
             seen.append(problem)
             p = problem.rounded(target.config.dtype)
-            pl = plan(p, sizes, "rank_mean")
+            pl = data_parallel(p, sizes, "rank_mean")
             grads = engine_of(target).run(Job(p, target.config.dtype, sizes, "rank_mean"))[0]
             full = batch_grad(p)[1]
-            tol = pl.tolerance(target.config.dtype)
+            tol = pl.combination_tolerance(target.config.dtype)
             whole = error_bound(p, REFERENCE).batch_grads
             answers[key] = any(np.any(np.abs(grads[k] - full[k]) > tol[k] + whole[k])
                                for k in full)
@@ -271,11 +276,11 @@ def test_rank_averaging_over_unequal_shards_is_not_the_full_batch_gradient(targe
                    f"shards that differs from the full-batch gradient ({exc!r})")
         return
     with DPCheck(target, problem) as c:
-        pl = plan(c.problem, sizes, "rank_mean")
+        pl = data_parallel(c.problem, sizes, "rank_mean")
         job = Job(c.problem, target.config.dtype, sizes, "rank_mean")
         print(f"\n§5.7 counterexample after {len(seen)} engine calls: N={c.problem.batch.size}, "
               f"shards {sizes}, {c.problem.network!r}, {c.problem.loss!r}")
-        _compare(c, job, pl.expected(), pl.tolerance(target.config.dtype),
+        _compare(c, job, pl.expected(), pl.combination_tolerance(target.config.dtype),
                  "(1/R) Σ_r ∇L_r over unequal shards (≠ ∇L)",
                  f"plan(problem, {sizes!r}, 'rank_mean').expected()")
 
@@ -287,7 +292,7 @@ def test_count_weighted_all_reduce_over_any_shards_is_the_full_batch_gradient(ta
     problem, sizes = case
     with DPCheck(target, problem) as c:
         job = Job(c.problem, target.config.dtype, sizes, "count_weighted")
-        pl = plan(c.problem, sizes, "count_weighted")
+        pl = data_parallel(c.problem, sizes, "count_weighted")
         _compare(c, job, batch_grad(c.problem)[1], _full_tolerance(c, pl),
                  "Σ_r (N_r/N) ∇L_r = ∇L", "batch_grad(problem)[1]")
 
@@ -299,7 +304,7 @@ def test_summed_sum_losses_over_the_global_count_are_the_full_batch_gradient(tar
     problem, sizes = case
     with DPCheck(target, problem) as c:
         job = Job(c.problem, target.config.dtype, sizes, "global_normaliser")
-        pl = plan(c.problem, sizes, "global_normaliser")
+        pl = data_parallel(c.problem, sizes, "global_normaliser")
         _compare(c, job, batch_grad(c.problem)[1], _full_tolerance(c, pl),
                  "Σ_r ∇(Σ_{i∈r} ℓ_i) / N = ∇L", "batch_grad(problem)[1]")
 
@@ -312,7 +317,7 @@ def test_summing_rank_gradients_without_dividing_gives_R_times_the_gradient(targ
     problem, sizes = case
     with DPCheck(target, problem) as c:
         job = Job(c.problem, target.config.dtype, sizes, "summed")
-        pl = plan(c.problem, sizes, "summed")
+        pl = data_parallel(c.problem, sizes, "summed")
         full = batch_grad(c.problem)[1]
         _compare(c, job, {k: R * v for k, v in full.items()}, _full_tolerance(c, pl, R),
                  f"Σ_r ∇L_r over equal shards = {R} ∇L",
@@ -360,7 +365,7 @@ def test_shard_map_gradient_of_replicated_parameters_is_already_summed_over_devi
             answers = engine.variants(Job(c.problem, target.config.dtype, sizes, "rank_mean"))
         except EngineError as exc:
             c.fail(f"the jax shard_map engine failed: {exc}")
-        parts = plan(c.problem, sizes, "rank_mean").parts
+        parts = data_parallel(c.problem, sizes, "rank_mean").parts
         full = batch_grad(c.problem)[1]["0.weight"]
         shard0 = batch_grad(parts[0])[1]["0.weight"]
         missing = sorted(set(VARIANTS) - set(answers))
@@ -368,7 +373,7 @@ def test_shard_map_gradient_of_replicated_parameters_is_already_summed_over_devi
             c.fail(f"the jax worker did not run {missing}")
         # every idiom computes a sum of at most R² shard gradients: factor × the tolerance of
         # Σ_r ∇L_r (and of the reference's own ∇L) bounds each
-        summed = _full_tolerance(c, plan(c.problem, sizes, "summed"))["0.weight"]
+        summed = _full_tolerance(c, data_parallel(c.problem, sizes, "summed"))["0.weight"]
         for name, (kind, factor) in VARIANTS.items():
             got = answers[name]
             if isinstance(got, str):
@@ -393,7 +398,7 @@ def test_textbook_pmean_of_gradients_taken_inside_shard_map_is_R_times_the_gradi
     problem, sizes = case
     with DPCheck(target, problem) as c:
         job = Job(c.problem, target.config.dtype, sizes, "shard_map_textbook")
-        pl = plan(c.problem, sizes, "summed")  # what it computes: Σ_r ∇L_r
+        pl = data_parallel(c.problem, sizes, "summed")  # what it computes: Σ_r ∇L_r
         full = batch_grad(c.problem)[1]
         _compare(c, job, {k: R * v for k, v in full.items()}, _full_tolerance(c, pl, R),
                  f"lax.pmean(jax.grad(L_r)(θ)) = Σ_r ∇L_r = {R} ∇L",
@@ -409,7 +414,7 @@ def test_l2_penalty_added_on_every_rank_counts_once_when_the_ranks_average(targe
     with DPCheck(target, problem) as c:
         every = (1.0,) * R
         job = Job(c.problem, target.config.dtype, sizes, "rank_mean", lam, every)
-        pl = plan(c.problem, sizes, "rank_mean", lam=lam, penalty_ranks=every)
+        pl = data_parallel(c.problem, sizes, "rank_mean", lam=lam, penalty_ranks=every)
         expected = _with_penalty(batch_grad(c.problem)[1], c.problem.params, lam)
         _compare(c, job, expected, _full_tolerance(c, pl),
                  "(1/R) Σ_r ∇(L_r + (λ/2)‖θ‖²) = ∇L + λθ",
@@ -427,7 +432,7 @@ def test_l2_penalty_under_a_sum_all_reduce_counts_once_per_rank_that_adds_it(
     a = tuple(float(x) for x in adds)
     with DPCheck(target, problem) as c:
         job = Job(c.problem, target.config.dtype, sizes, "global_normaliser", lam, a)
-        pl = plan(c.problem, sizes, "global_normaliser", lam=lam, penalty_ranks=a)
+        pl = data_parallel(c.problem, sizes, "global_normaliser", lam=lam, penalty_ranks=a)
         k = sum(a)
         expected = _with_penalty(batch_grad(c.problem)[1], c.problem.params, k * lam)
         _compare(c, job, expected, _full_tolerance(c, pl),
@@ -445,7 +450,7 @@ def test_weighted_mean_over_shards_with_the_global_normaliser_is_the_full_batch_
     problem, sizes = case
     with DPCheck(target, problem) as c:
         job = Job(c.problem, target.config.dtype, sizes, "global_normaliser")
-        pl = plan(c.problem, sizes, "global_normaliser")
+        pl = data_parallel(c.problem, sizes, "global_normaliser")
         _compare(c, job, batch_grad(c.problem)[1], _full_tolerance(c, pl),
                  "Σ_r ∇(Σ_(i∈r) c_i ℓ_i) / Σ_i c_i = ∇L", "batch_grad(problem)[1]")
 
@@ -458,7 +463,7 @@ def test_token_mean_over_shards_with_the_global_token_count_is_the_full_batch_gr
     problem, sizes = case
     with DPCheck(target, problem) as c:
         job = Job(c.problem, target.config.dtype, sizes, "global_normaliser")
-        pl = plan(c.problem, sizes, "global_normaliser")
+        pl = data_parallel(c.problem, sizes, "global_normaliser")
         _compare(c, job, batch_grad(c.problem)[1], _full_tolerance(c, pl),
                  "Σ_r ∇(Σ_(tokens of r) ℓ_t) / (Σ valid tokens) = ∇L", "batch_grad(problem)[1]")
 
@@ -484,10 +489,10 @@ def test_averaging_local_weighted_means_over_equal_shards_is_not_the_full_batch_
                    f"shards that differs from the full-batch gradient ({exc!r})")
         return
     with DPCheck(target, problem) as c:
-        pl = plan(c.problem, sizes, "rank_mean")
+        pl = data_parallel(c.problem, sizes, "rank_mean")
         job = Job(c.problem, target.config.dtype, sizes, "rank_mean")
         print(f"\n§5.11 counterexample after {len(seen)} engine calls: "
               f"N={c.problem.batch.size}, weights {c.problem.batch.weights}")
-        _compare(c, job, pl.expected(), pl.tolerance(target.config.dtype),
+        _compare(c, job, pl.expected(), pl.combination_tolerance(target.config.dtype),
                  "(1/R) Σ_r ∇L_r with local Σ c_i (≠ ∇L)",
                  f"plan(problem, {sizes!r}, 'rank_mean').expected()")

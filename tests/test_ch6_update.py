@@ -4,7 +4,7 @@ A backend's optional ``train(problem, config, optimizer, batches)`` runs its fra
 optimiser objects (``torch.optim``, ``optax``), one step per batch, and returns the final
 parameters; backends without it skip this chapter (one line says so). Each step is compared with
 the reference's update (``reference.update``) from the parameters the backend itself reached, under
-the derived tolerance of ``reference.numerics.update_tolerance`` (the chapter-7 gradient bound
+the derived tolerance of ``reference.update.update_tolerance`` (the chapter-7 gradient bound
 propagated through the update and the optimiser state); see ``batchgrad_spec/updates.py``.
 """
 
@@ -30,10 +30,12 @@ from batchgrad_spec.updates import (
     singles,
     whole,
 )
+from reference.bounds import error_bound
 from reference.contract import implements
-from reference.grads import Grads, batch_grad, per_example_grads
-from reference.numerics import REFERENCE, error_bound, update_tolerance
-from reference.update import Optimizer, sgd_decoupled_step, train
+from reference.grads import batch_grad, per_example_grads
+from reference.numerics import REFERENCE
+from reference.types import Grads
+from reference.update import Optimizer, sgd_decoupled_step, train, update_tolerance
 
 TRAINING_CLAUSES = {"6.1", "6.2", "6.3", "6.4", "6.5", "6.6"}
 """Clauses that need the optional ``train``; §6.7 uses it only where the backend has it."""

@@ -19,35 +19,23 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import reference.activations as activations
 import reference.numerics as numerics
 from batchgrad_spec import harness
 from batchgrad_spec.harness import Check, ClauseFailure, Target, check
 from batchgrad_spec.plugin import selected_backends
 from batchgrad_spec.strategies import networks, problems
+from reference.activations import ACTIVATION_NAMES, CURVATURE, Activation
+from reference.batch import Batch
+from reference.bounds import problem_tolerance
 from reference.contract import Config
 from reference.grads import batch_grad, forward, per_example_grads
-from reference.numerics import (
-    CURVATURE,
-    ELEMENTARY_ULPS,
-    PRECISIONS,
-    REFERENCE,
-    R,
-    Rounding,
-    gamma,
-    tolerance,
-)
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.numerics import ELEMENTARY_ULPS, PRECISIONS, REFERENCE, R, Rounding, gamma
 from reference.numpy_backend import backend as numpy_backend
 from reference.ops import ACTIVATIONS
-from reference.problem import (
-    ACTIVATION_NAMES,
-    Activation,
-    Batch,
-    Dense,
-    Loss,
-    Network,
-    Problem,
-    Reduction,
-)
+from reference.problem import Problem
 
 U32 = PRECISIONS[("float32", "strict")].u
 
@@ -91,7 +79,7 @@ def test_curvature_is_the_supremum_of_the_second_derivative(name):
     """CURVATURE[σ] bounds |σ''| on [−20, 20] and is attained within 1%: it is the sup, not a
     loose constant (σ'' by central differences of the reference slope ACTIVATIONS[σ][1])."""
     f, slope = ACTIVATIONS[name]
-    z = GRID[np.abs(GRID - numerics.KINKS.get(name, (np.inf, 0))[0]) > 2 * H]  # off the kink
+    z = GRID[np.abs(GRID - activations.KINKS.get(name, (np.inf, 0))[0]) > 2 * H]  # off the kink
 
     def s(t: np.ndarray) -> np.ndarray:
         return slope(t, f(t))
@@ -172,7 +160,7 @@ def test_float32_activations_are_within_their_evaluation_bound(name):
     a32, a64 = f(z), f(z64)
     s32, s64 = slope(z, a32), slope(z64, a64)
     exact = R(z64, np.zeros_like(z64))
-    (a_b32, s_b32), (a_b64, s_b64) = (numerics.activation(name, exact, Rounding(p))
+    (a_b32, s_b32), (a_b64, s_b64) = (activations.activation(name, exact, Rounding(p))
                                       for p in (PRECISIONS[("float32", "strict")], REFERENCE))
     assert np.all(np.abs(a32 - a64) <= a_b32.e + a_b64.e), name
     assert np.all(np.abs(s32 - s64) <= s_b32.e + s_b64.e), name
@@ -332,9 +320,9 @@ def test_the_tolerance_is_tight_enough_to_catch_a_1_over_n_error(dtype):
 def test_an_override_replaces_the_bound():
     p = _kink_problem()[0]
     for dtype in ("float32", "float64"):
-        derived = tolerance(p, dtype)
-        one = tolerance(p, dtype, override=1e-3)
-        both = tolerance(p, dtype, override={"loss": 2e-3, "grad": 5e-4})
+        derived = problem_tolerance(p, dtype)
+        one = problem_tolerance(p, dtype, override=1e-3)
+        both = problem_tolerance(p, dtype, override={"loss": 2e-3, "grad": 5e-4})
         assert one.loss == 1e-3 and np.all(one.losses == 1e-3)
         assert both.loss == 2e-3 and np.all(both.losses == 2e-3)
         for k, v in derived.batch_grads.items():
@@ -431,8 +419,8 @@ def test_without_the_kink_term_the_float32_branch_is_a_false_alarm(monkeypatch):
         _, ref_per_ex = per_example_grads(c.problem)
         tol = c.tol()
         assert not caught(c, grads, ref_grads, tol.batch_grads, what="∇L")
-        monkeypatch.setattr(numerics, "KINKS", {})
-        no_kink = tolerance(c.problem, "float32")
+        monkeypatch.setattr(activations, "KINKS", {})
+        no_kink = problem_tolerance(c.problem, "float32")
         assert caught(c, grads, ref_grads, no_kink.batch_grads, what="∇L without KINKS")
         assert caught(c, per_ex, ref_per_ex, no_kink.grads, what="g_i without KINKS")
 
@@ -472,13 +460,13 @@ def test_activation_kernels_are_within_the_model(request, framework, name):
         pytest.skip(f"{framework} is not a selected backend")
     z = np.concatenate([np.linspace(-30, 30, 240_001),
                         np.random.default_rng(1).normal(0, 3, 20_000)]).astype(np.float32)
-    if name in numerics.KINKS:  # the slope *at* a kink is a convention: §1.5 and §4.6 test it
-        z = z[z != numerics.KINKS[name][0]]
+    if name in activations.KINKS:  # the slope *at* a kink is a convention: §1.5 and §4.6 test it
+        z = z[z != activations.KINKS[name][0]]
     z64 = z.astype(np.float64)
     value, slope = _framework_activation(framework, name)(z)
     f, df = ACTIVATIONS[name]
     exact = R(z64, np.zeros_like(z64))
-    (a32, s32), (a64, s64) = (numerics.activation(name, exact, Rounding(p))
+    (a32, s32), (a64, s64) = (activations.activation(name, exact, Rounding(p))
                               for p in (PRECISIONS[("float32", "strict")], REFERENCE))
     for what, got, want, bound in (("value", value, f(z64), a32.e + a64.e),
                                    ("slope", slope, df(z64, f(z64)), s32.e + s64.e)):
@@ -503,7 +491,8 @@ def _f32(a: np.ndarray) -> np.ndarray:
 def mixed_problem(rng: np.random.Generator, kind: str) -> Problem:
     """A random problem exercising chapter 3/4 operations (``kind`` picks the layer family), every
     loss with its options, float32-exact data: the population §7.5's claims are measured on."""
-    from reference.problem import BatchNorm, Dropout, LayerNorm
+    from reference.layers import Dropout
+    from reference.norms import BatchNorm, LayerNorm
 
     n, d, h, c, t = (int(rng.integers(lo, hi)) for lo, hi in
                      ((1, 7), (1, 5), (1, 6), (2, 5), (1, 5)))
@@ -581,7 +570,7 @@ def test_float32_losses_norms_dropout_and_sequences_stay_within_the_bound(kind):
     worst = 0.0
     for _ in range(MIXED_PER_KIND):
         p = mixed_problem(rng, kind)
-        tol = tolerance(p, "float32")
+        tol = problem_tolerance(p, "float32")
         loss, grads = batch_grad(p)
         loss32, grads32 = batch_grad(p, np.float32)
         ratios = [_ratio(loss32 - loss, tol.loss)]
@@ -610,7 +599,7 @@ def test_the_float32_bound_still_sees_a_relative_error_of_one_in_a_thousand(kind
         big = max(float(np.max(np.abs(g), initial=0.0)) for g in grads.values())
         if big == 0:
             continue
-        tol = tolerance(p, "float32").batch_grads
+        tol = problem_tolerance(p, "float32").batch_grads
         total += 1
         seen += any(np.any((np.abs(g) >= big / 1024) & (1e-3 * np.abs(g) > tol[k]))
                     for k, g in grads.items())

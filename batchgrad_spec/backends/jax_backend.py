@@ -36,7 +36,7 @@ As JAX users write it (spec chapters 3-4)
   NaN where using where"); ``jnp.maximum(count, 1)`` returns 0 and 0 but divides by the wrong
   number whenever class weights make 0 < Σω < 1. ``sequence_mean`` is
   ``jnp.mean(ℓ_i / T_i)``.
-* Train-mode BatchNorm, ``per_example``: raises ``reference.contract.Undefined`` (§4.3). What a
+* Train-mode BatchNorm, ``per_example``: raises ``reference.types.Undefined`` (§4.3). What a
   JAX user gets instead, measured (N = 4, Dense → BatchNorm → Dense, squared error): (a) the
   batched loss's code vmapped, ``jax.vmap(jax.grad(ℓ_one))`` with ``mean(axis=0)`` inside, takes
   the statistics over the one example's *features* (a LayerNorm without saying so), silently;
@@ -133,21 +133,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reference.contract import Config, Grads, Undefined
-from reference.problem import (
-    ACTIVATION_NAMES,
-    NORM_EPS,
-    REDUCTION_NAMES,
-    Activation,
-    Batch,
-    BatchNorm,
-    Dense,
-    Dropout,
-    Layer,
-    LayerNorm,
-    Network,
-    Problem,
-)
+from reference.activations import ACTIVATION_NAMES, Activation
+from reference.batch import Batch
+from reference.contract import Config
+from reference.layers import Dense, Dropout, Layer, Network
+from reference.losses import REDUCTION_NAMES
+from reference.norms import NORM_EPS, BatchNorm, LayerNorm
+from reference.problem import Problem
+from reference.types import Grads, Undefined
 
 jax.config.update("jax_enable_x64", True)
 

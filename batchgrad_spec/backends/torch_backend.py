@@ -37,7 +37,7 @@ Layers and data (spec chapters 3-4), as PyTorch users write them:
   therefore writes its formula out as torch.func users must, with the same operations in the
   same order (``_gaussian_nll_by_hand``); "loop" and ``loss_and_grad`` call ``F.gaussian_nll_loss``.
 * Train-mode BatchNorm couples the examples: ``per_example`` raises
-  ``reference.contract.Undefined`` (spec §4.3); ``loss_and_grad`` on one example turns PyTorch's
+  ``reference.types.Undefined`` (spec §4.3); ``loss_and_grad`` on one example turns PyTorch's
   ``ValueError: Expected more than 1 value per channel when training`` into a ValueError citing
   §4.2.
 
@@ -63,8 +63,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference.contract import Config, Grads, Undefined
-from reference.problem import NORM_EPS, Batch, BatchNorm, Dense, Dropout, LayerNorm, Problem
+from reference.batch import Batch
+from reference.contract import Config
+from reference.layers import Dense, Dropout
+from reference.norms import NORM_EPS, BatchNorm, LayerNorm
+from reference.problem import Problem
+from reference.types import Grads, Undefined
 
 SOFTPLUS_THRESHOLD = {"float32": 20.0, "float64": 40.0}
 GAUSSIAN_NLL_EPS = 1e-6

@@ -26,7 +26,6 @@ from typing import Protocol
 import numpy as np
 
 from reference.contract import Config
-from reference.grads import Grads
 from reference.numpy_backend import NumpyBackend
 from reference.parallel import (
     AVERAGING,
@@ -37,6 +36,7 @@ from reference.parallel import (
     sum_type,
 )
 from reference.problem import Problem
+from reference.types import Grads
 
 WORLD_SIZE = 3
 """R, the number of ranks: 3, so that N examples split into shards of unequal sizes whenever

@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from reference.grads import Grads
 from reference.parallel import normaliser, shards, sum_type
 from reference.problem import Problem
+from reference.types import Grads
 
 from . import EngineError, Job
 from .workers import Pool, WorkerError, serve

@@ -26,9 +26,10 @@ from dataclasses import replace
 import numpy as np
 
 from reference.accumulation import Accumulation, accumulate
-from reference.contract import Config, Grads
+from reference.contract import Config
 from reference.numpy_backend import NumpyBackend
 from reference.problem import Problem
+from reference.types import Grads
 
 
 class _FaultyAccumulate(NumpyBackend):

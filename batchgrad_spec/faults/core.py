@@ -51,11 +51,14 @@ from typing import Any
 
 import numpy as np
 
-from reference.contract import Config, Grads
+from reference.activations import Activation
+from reference.contract import Config
 from reference.grads import batch_grad, combine, loss_data, per_example_grads
+from reference.layers import Dense, Network
 from reference.numpy_backend import NumpyBackend
 from reference.ops import ACTIVATIONS, LOSSES
-from reference.problem import Activation, Dense, Network, Problem
+from reference.problem import Problem
+from reference.types import Grads
 
 PerExample = tuple[np.ndarray, Grads]
 

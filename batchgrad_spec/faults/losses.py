@@ -23,8 +23,10 @@ from dataclasses import replace
 import numpy as np
 
 from batchgrad_spec.faults.core import PerExample, _Faulty, _reduced
-from reference.contract import Config, Grads
-from reference.problem import Loss, Problem
+from reference.contract import Config
+from reference.losses import Loss
+from reference.problem import Problem
+from reference.types import Grads
 
 
 def _labelled(problem: Problem) -> bool:

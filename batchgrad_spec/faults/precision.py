@@ -18,11 +18,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from batchgrad_spec.faults.core import tf32
-from reference.contract import Config, Grads
+from reference.contract import Config
 from reference.grads import loss_data
+from reference.layers import Dense
 from reference.numpy_backend import NumpyBackend
 from reference.ops import ACTIVATIONS, LOSSES
-from reference.problem import Dense, Problem
+from reference.problem import Problem
+from reference.types import Grads
 
 PerExample = tuple[np.ndarray, Grads]
 

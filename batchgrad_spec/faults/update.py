@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from reference.contract import Config, Grads
+from reference.batch import Batch
+from reference.contract import Config
 from reference.grads import per_example_grads
 from reference.numpy_backend import NumpyBackend
-from reference.problem import Batch, Problem
+from reference.problem import Problem
+from reference.types import Grads
 from reference.update import Optimizer, State, gradient, step
 
 

@@ -26,20 +26,13 @@ from batchgrad_spec.strategies import (
     problems,
     reductions,
 )
+from reference.activations import CORE_ACTIVATIONS, Activation
+from reference.batch import Batch
 from reference.grads import batch_grad, forward, per_example_grads
+from reference.layers import Dense, Network
+from reference.losses import CORE_LOSSES, CORE_REDUCTIONS, Loss, Reduction
 from reference.ops import ACTIVATIONS
-from reference.problem import (
-    CORE_ACTIVATIONS,
-    CORE_LOSSES,
-    CORE_REDUCTIONS,
-    Activation,
-    Batch,
-    Dense,
-    Loss,
-    Network,
-    Problem,
-    Reduction,
-)
+from reference.problem import Problem
 
 pytestmark = pytest.mark.meta
 
@@ -296,9 +289,10 @@ from batchgrad_spec.strategies import (  # noqa: E402
     layer_networks,
     layer_problems,
 )
-from reference.contract import Undefined  # noqa: E402
-from reference.problem import CORE_ACTIVATIONS as _CORE_ACTS  # noqa: E402
-from reference.problem import BatchNorm, Dropout, LayerNorm  # noqa: E402
+from reference.activations import CORE_ACTIVATIONS as _CORE_ACTS  # noqa: E402
+from reference.layers import Dropout  # noqa: E402
+from reference.norms import BatchNorm, LayerNorm  # noqa: E402
+from reference.types import Undefined  # noqa: E402
 
 
 def _kinds(net: Network) -> set[str]:
@@ -441,7 +435,7 @@ from batchgrad_spec.strategies import (  # noqa: E402
     sequence_batches,
 )
 from reference.grads import per_example_losses  # noqa: E402
-from reference.problem import LOSS_NAMES as _LOSS_NAMES  # noqa: E402
+from reference.losses import LOSS_NAMES as _LOSS_NAMES  # noqa: E402
 
 _CE = "softmax_cross_entropy"
 _SEQ_NET = Network((Dense(1, 2),))
