@@ -25,6 +25,7 @@ from .ops import (
     SQRT_HALF,
 )
 from .types import Array, Grads, ProblemError, Site
+from .unit import LayerUnit
 
 __all__ = ["ACTIVATION_NAMES", "CORE_ACTIVATIONS", "CURVATURE", "KINKS", "Activation",
            "activation"]
@@ -36,7 +37,7 @@ CORE_ACTIVATIONS = ACTIVATION_NAMES[:7]
 
 
 @dataclass(frozen=True)
-class Activation:
+class Activation(LayerUnit):
     """Elementwise activation σ, one of ACTIVATION_NAMES (see reference.ops)."""
 
     name: str
@@ -50,18 +51,7 @@ class Activation:
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
 
-    # -- the layer contract (``reference.layers``) --------------------------------------------
-    couples_examples = False
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {}
-
-    def out_width(self, width: int) -> int:
-        return width
-
-    def check_width(self, width: int) -> bool:
-        return True
-
+    # -- its rules (the layer contract: ``reference.unit``) -------------------------------------
     def forward(self, a: Array, site: Site) -> tuple[Array, None]:
         return ACTIVATIONS[self.name][0](a), None
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from .grads import site
+from .grads import sites_of
 from .losses import coefficient_error, loss_bound
 from .losses import rows as _rows
 from .numerics import REFERENCE, Precision, R, Rounding, gamma, precision
 from .problem import Problem
-from .types import Grads
+from .types import Grads, Site
 
 __all__ = ["Bound", "Override", "error_bound", "problem_tolerance"]
 
@@ -54,6 +54,7 @@ class _Forward:
 
     inputs: list[R]
     saved: list[Any]
+    sites: list[Site]
     output: R
 
 
@@ -62,11 +63,12 @@ def _forward_bound(problem: Problem, r: Rounding) -> _Forward:
     a = r.exact(_rows(problem.batch.inputs, lead))
     inputs: list[R] = []
     saved: list[Any] = []
-    for k, layer in enumerate(problem.network.layers):
+    sites = sites_of(problem, lead=lead)
+    for layer, at in zip(problem.network.layers, sites, strict=True):
         inputs.append(a)
-        a, kept = layer.bound_forward(a, site(problem, k, lead=lead), r)
+        a, kept = layer.bound_forward(a, at, r)
         saved.append(kept)
-    return _Forward(inputs, saved, a)
+    return _Forward(inputs, saved, sites, a)
 
 
 def error_bound(problem: Problem, p: Precision,
@@ -140,9 +142,10 @@ def _backward_bound(problem: Problem, fw: _Forward, g: R, r: Rounding,
         return e3.sum(1) + gamma(t - 1, u) * v3.sum(1), v3.sum(1)
 
     for k in range(len(layers) - 1, first - 1, -1):
-        own, g = layers[k].bound_backward(g, fw.inputs[k], fw.saved[k], site(problem, k), r,
+        own, g = layers[k].bound_backward(g, fw.inputs[k], fw.saved[k], fw.sites[k], r,
                                           per_example, k > first)
-        out.update({f"{k}.{name}": v for name, v in own.items()})
+        for name, v in own.items():
+            out[f"{k}.{name}"] = v
     return {k: out[k] for k in problem.network.param_shapes()}
 
 

@@ -37,26 +37,34 @@ class Trace:
 
     ``inputs[k]`` is the input to layer k, shape (N, width) or (N, T, width) for sequences;
     ``outputs[k]`` its output; ``saved[k]`` what layer k's forward rule kept for its backward
-    rule (e.g. (x̂, s) of a LayerNorm/BatchNorm). The network output f(x) is ``outputs[-1]``.
+    rule (e.g. (x̂, s) of a LayerNorm/BatchNorm); ``sites[k]`` where layer k sits. The network
+    output f(x) is ``outputs[-1]``.
     """
 
     inputs: list[np.ndarray]
     outputs: list[np.ndarray]
     saved: list[Any]
+    sites: list[Site]
 
     @property
     def output(self) -> np.ndarray:
         return self.outputs[-1]
 
 
-def site(problem: Problem, k: int, dtype: DType = np.float64, lead: int = 0) -> Site:
-    """Layer k's ``Site`` in ``problem``: θ, the dtype, and its dropout mask (as rows of ``lead``
-    leading axes when ``lead`` > 0, as the bound's passes use it)."""
-    drop = problem.batch.dropout
-    keep = None if drop is None or k not in drop else drop[k]
-    if keep is not None and lead:
-        keep = _rows(keep, lead)
-    return Site(k, problem.params, dtype, keep)
+def sites_of(problem: Problem, dtype: DType = np.float64, lead: int = 0) -> list[Site]:
+    """Each layer's ``Site`` in ``problem``: θ, the dtype, and its dropout mask (as rows of
+    ``lead`` leading axes when ``lead`` > 0, as the bound's passes use it)."""
+    n, params, drop = len(problem.network.layers), problem.params, problem.batch.dropout
+    make = tuple.__new__  # Site(...) without NamedTuple's Python-level __new__: 6× cheaper
+    if not drop:
+        return [make(Site, (k, params, dtype, None)) for k in range(n)]
+    out = []
+    for k in range(n):
+        keep = drop.get(k)
+        if keep is not None and lead:
+            keep = _rows(keep, lead)
+        out.append(make(Site, (k, params, dtype, keep)))
+    return out
 
 
 def forward(problem: Problem, dtype: DType = np.float64) -> Trace:
@@ -65,12 +73,13 @@ def forward(problem: Problem, dtype: DType = np.float64) -> Trace:
     Every layer acts on the last axis, so a sequence batch (N, T, d) runs token by token."""
     a = problem.batch.inputs.astype(dtype)
     inputs, outputs, saved = [], [], []
-    for k, layer in enumerate(problem.network.layers):
+    sites = sites_of(problem, dtype)
+    for layer, at in zip(problem.network.layers, sites, strict=True):
         inputs.append(a)
-        a, kept = layer.forward(a, site(problem, k, dtype))
+        a, kept = layer.forward(a, at)
         saved.append(kept)
         outputs.append(a)
-    return Trace(inputs, outputs, saved)
+    return Trace(inputs, outputs, saved, sites)
 
 
 # -- losses ----------------------------------------------------------------------------------------
@@ -145,8 +154,9 @@ def _backward(
     for k in range(len(problem.network.layers) - 1, first - 1, -1):
         layer = problem.network.layers[k]
         own, g = layer.backward(g, trace.inputs[k], trace.outputs[k], trace.saved[k],
-                                site(problem, k), param_rule, k > first)
-        grads.update({f"{k}.{name}": v for name, v in own.items()})
+                                trace.sites[k], param_rule, k > first)
+        for name, v in own.items():
+            grads[f"{k}.{name}"] = v
     return {name: grads[name] for name in params}
 
 

@@ -1,46 +1,31 @@
 """Layers as units, and the network that chains them (spec chapter 1, chapter 4).
 
-The contract, written once (after jax's ``stax``: a layer is a small unit; and HIPS autograd's
-``numpy_vjps``: one backward rule beside each forward rule). Every layer type is a frozen
-dataclass whose fields, ``repr`` (a runnable snippet) and equality describe it, and whose methods
-are its rules; ``reference.grads`` and ``reference.bounds`` only iterate over the layers:
-
-    param_shapes()          {local name: shape}: θ's ``k.weight``, ``k.bias`` of layer k
-    out_width(width)        the width of its output, given that of its input
-    check_width(width)      whether it accepts an input of that width
-    couples_examples        whether ℓ_i depends on the other examples through it (§4.2)
-    forward(a, site)        (output, saved): its value on a batch, and what its backward needs
-    backward(g, a, out, saved, site, rule, need_input)
-                            ({local name: gradient}, input cotangent): its VJP; ``rule`` turns a
-                            cotangent and an input into (W̄, b̄), per example or summed
-    bound_forward(x, site, r)                 (output, saved) in R arithmetic (spec §7.1)
-    bound_backward(g, x, saved, site, r, per_example, need_input)
-                            ({local name: (error, |value|) per example}, input cotangent) in R
-                            arithmetic
-
-``site`` (``reference.types.Site``) says where the layer sits: its index k, θ, the forward dtype
-and the batch's data for it. The layer types: ``Dense`` and ``Dropout`` (here), ``Activation``
-(``reference.activations``), ``LayerNorm`` and ``BatchNorm`` (``reference.norms``).
+Each layer type is a unit that knows its own rules (the contract: ``reference.unit``):
+``Dense`` and ``Dropout`` here, ``Activation`` in ``reference.activations``, ``LayerNorm`` and
+``BatchNorm`` in ``reference.norms``. ``Network`` chains them and checks that widths agree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from .activations import Activation
+from .batch import Batch
 from .norms import BatchNorm, LayerNorm
 from .numerics import R, Rounding, gamma
 from .ops import dense, dropout, vjp_dense_input
 from .types import Array, Grads, ProblemError, Site
+from .unit import LayerUnit
 
 __all__ = ["NORMS", "Dense", "Dropout", "Layer", "Network"]
 
 
 @dataclass(frozen=True)
-class Dense:
+class Dense(LayerUnit):
     """Affine layer z = a Wᵀ + b with W of shape (out_features, in_features)."""
 
     in_features: int
@@ -55,8 +40,6 @@ class Dense:
         extra = "" if self.bias else ", bias=False"
         return f"Dense({self.in_features}, {self.out_features}{extra})"
 
-    couples_examples = False
-
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes: dict[str, tuple[int, ...]] = {"weight": (self.out_features, self.in_features)}
         if self.bias:
@@ -65,9 +48,6 @@ class Dense:
 
     def out_width(self, width: int) -> int:
         return self.out_features
-
-    def check_width(self, width: int) -> bool:
-        return True  # consecutive Dense widths are checked by Network
 
     def forward(self, a: Array, site: Site) -> tuple[Array, None]:
         bias = site.param("bias") if self.bias else None
@@ -111,7 +91,7 @@ class Dense:
 
 
 @dataclass(frozen=True)
-class Dropout:
+class Dropout(LayerUnit):
     """Inverted dropout with the keep-mask given as data (spec §4.5): a ⊙ m / (1 − p), where
     m ∈ {0, 1} is ``batch.dropout[k]`` (the shape of a) for this layer's index k."""
 
@@ -124,16 +104,13 @@ class Dropout:
     def __repr__(self) -> str:
         return f"Dropout({self.p!r})"
 
-    couples_examples = False
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {}
-
-    def out_width(self, width: int) -> int:
-        return width
-
-    def check_width(self, width: int) -> bool:
-        return True
+    def check_data(self, k: int, batch: Batch, lead: tuple[int, ...], width: int) -> None:
+        """A 0/1 keep-mask ``batch.dropout[k]`` of the shape of the layer's input."""
+        shape = lead + (width,)
+        m = None if batch.dropout is None else batch.dropout.get(k)
+        if m is None or m.shape != shape or not np.all((m == 0) | (m == 1)):
+            raise ProblemError(f"Dropout at layer {k} needs batch.dropout[{k}], a 0/1 "
+                               f"keep-mask of shape {shape}")
 
     def forward(self, a: Array, site: Site) -> tuple[Array, None]:
         assert site.keep is not None
@@ -165,6 +142,7 @@ class Network:
     """A sequence of layers; consecutive widths must agree."""
 
     layers: tuple[Layer, ...]
+    _shapes: ClassVar[dict[str, tuple[int, ...]]]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -176,6 +154,10 @@ class Network:
                 raise ProblemError(
                     f"{self!r}: {a!r} feeds {b!r}; out_features must equal the next in_features"
                 )
+        # computed once (the passes ask for it on every call); not a field: eq and repr ignore it
+        object.__setattr__(self, "_shapes", {f"{k}.{name}": shape
+                                             for k, layer in enumerate(self.layers)
+                                             for name, shape in layer.param_shapes().items()})
         for k, layer in enumerate(self.layers):
             if not layer.check_width(self.widths()[k]):
                 raise ProblemError(f"{self!r}: layer {k} {layer!r} receives width "
@@ -209,8 +191,8 @@ class Network:
         return any(layer.couples_examples for layer in self.layers)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {f"{k}.{name}": shape for k, layer in enumerate(self.layers)
-                for name, shape in layer.param_shapes().items()}
+        """{``k.name``: shape} of every parameter, in layer order (a fresh dict)."""
+        return dict(self._shapes)
 
     def __repr__(self) -> str:
         return f"Network(({', '.join(map(repr, self.layers))},))"

@@ -17,12 +17,13 @@ import numpy as np
 from .numerics import R, Rounding, gamma
 from .ops import affine, normalize, standardize, vjp_normalize
 from .types import Array, Grads, ProblemError, Site
+from .unit import LayerUnit
 
 __all__ = ["NORM_EPS", "BatchNorm", "LayerNorm", "NormRounding"]
 
 
-class _Norm:
-    """What LayerNorm and BatchNorm share: the layer contract of ``reference.layers``."""
+class _Norm(LayerUnit):
+    """What LayerNorm and BatchNorm share: their rules (the layer contract: ``reference.unit``)."""
 
     features: int
 
@@ -30,21 +31,11 @@ class _Norm:
     def axis(self) -> int | None:
         raise NotImplementedError
 
-    @property
-    def couples_examples(self) -> bool:
-        return False
-
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"weight": (self.features,), "bias": (self.features,)}
 
-    def out_width(self, width: int) -> int:
-        return width
-
     def check_width(self, width: int) -> bool:
         return self.features == width
-
-    def rounded(self, dtype: str) -> _Norm:
-        return self
 
     def standardize(self, a: Array, site: Site) -> tuple[Array, Array]:
         raise NotImplementedError
@@ -150,6 +141,11 @@ class BatchNorm(_Norm):
         """Train mode: ℓ_i depends on the other examples (§4.2)."""
         return self.training
 
+    @property
+    def takes_sequences(self) -> bool:
+        """Not defined here for sequence batches."""
+        return False
+
     def standardize(self, a: Array, site: Site) -> tuple[Array, Array]:
         assert self.running_mean is not None and self.running_var is not None
         return standardize(a, np.asarray(self.running_mean, site.dtype),
@@ -166,8 +162,6 @@ class BatchNorm(_Norm):
         return replace(self, running_mean=tuple(r(np.array(self.running_mean))),
                        running_var=tuple(r(np.array(self.running_var))))
 
-
-Norm = LayerNorm | BatchNorm
 
 
 # -- the error model -------------------------------------------------------------------------------

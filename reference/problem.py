@@ -33,9 +33,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .batch import Batch, array_repr
-from .layers import Dropout, Network
+from .layers import Network
 from .losses import Loss, Reduction
-from .norms import BatchNorm
 from .types import Params, ProblemError
 
 __all__ = ["DTYPES", "Problem"]
@@ -79,8 +78,10 @@ class Problem:
         if b.sequence:
             if b.mask is not None and b.mask.shape != lead:
                 raise ProblemError(f"mask has shape {b.mask.shape}, expected {lead}")
-            if self.network.layers_of(BatchNorm):
-                raise ProblemError("BatchNorm is not defined here for sequence batches")
+            for layer in self.network.layers:
+                if not layer.takes_sequences:
+                    raise ProblemError(f"{type(layer).__name__} is not defined here for sequence "
+                                       f"batches")
             if loss.ignore_index is not None:
                 raise ProblemError("sequence batches mark ignored tokens with batch.mask, not "
                                    "ignore_index")
@@ -92,12 +93,9 @@ class Problem:
             if np.any(b.token_mask.sum(axis=1) == 0):
                 raise ProblemError("sequence_mean needs at least one valid token per sequence")
         self._validate_targets(lead)
-        for k in self.network.layers_of(Dropout):
-            shape = lead + (self.network.widths()[k],)
-            m = None if b.dropout is None else b.dropout.get(k)
-            if m is None or m.shape != shape or not np.all((m == 0) | (m == 1)):
-                raise ProblemError(f"Dropout at layer {k} needs batch.dropout[{k}], a 0/1 "
-                                   f"keep-mask of shape {shape}")
+        widths = self.network.widths()
+        for k, layer in enumerate(self.network.layers):
+            layer.check_data(k, b, lead, widths[k])
         if self.reduction.weighted:
             if b.weights is None or b.weights.shape != (n,):
                 raise ProblemError(
@@ -207,8 +205,7 @@ class Problem:
         loss = self.loss
         if loss.class_weights is not None:
             loss = replace(loss, class_weights=tuple(r(np.array(loss.class_weights))))
-        layers = tuple(la.rounded(dtype) if isinstance(la, BatchNorm) else la
-                       for la in self.network.layers)
+        layers = tuple(la.rounded(dtype) for la in self.network.layers)
         return replace(self, params={k: r(v) for k, v in self.params.items()}, batch=batch,
                        loss=loss, network=Network(layers))
 

@@ -4,7 +4,7 @@ exceptions every other room raises or passes through. Imports nothing from ``ref
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,8 +31,7 @@ class Undefined(Exception):
     contract breach."""
 
 
-@dataclass(frozen=True, eq=False)
-class Site:
+class Site(NamedTuple):
     """Where a layer sits, as the generic passes hand it to the layer's rules: its index k in the
     network, θ, the dtype of the forward pass, and the batch's data for layer k (``keep``:
     ``batch.dropout[k]``, as given in the gradient passes, as rows in the bound's)."""

@@ -2,8 +2,8 @@
 
 numpy has no erf, so ``reference.ops.erfc`` is the reference's own: it is checked here against
 ``math.erfc`` (the C library's, itself within ~5e-16) on a dense grid, at the joins of its
-methods and at the special values; and the work ``tolerance`` does is checked not to repeat the
-reference's per-example gradients (benchmarks/README.md has the timings).
+methods and at the special values; and the work ``problem_tolerance`` does is checked not to repeat
+the reference's per-example gradients (benchmarks/README.md has the timings).
 """
 
 from __future__ import annotations
