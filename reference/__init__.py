@@ -2,13 +2,13 @@
 
 ``from reference import *`` brings in everything a counterexample snippet needs.
 
-The rooms, bottom to top (each imports only from those above it in this list):
+The rooms, bottom to top (each imports only from rooms before it in this list):
 ``types`` (shared types and exceptions), ``ops`` (primitives and their VJPs), ``numerics`` (the
-floating-point model), ``activations``, ``norms``, ``layers`` (layer types as units, the network),
-``batch``, ``losses`` (losses and reductions), ``problem``, ``grads`` (the gradient passes),
-``bounds`` (the error bound and tolerance of a problem), ``update`` (optimisers), ``parallel``
-(data-parallel combinations), ``accumulation`` (micro-batches), ``contract`` and
-``numpy_backend`` (the backend contract).
+floating-point model), ``batch``, ``unit`` (the layer contract), ``activations``, ``norms``,
+``layers`` (layer types as units, the network), ``losses`` (losses and reductions), ``problem``,
+``grads`` (the gradient passes), ``bounds`` (the error bound and tolerance of a problem),
+``update`` (optimisers), ``parallel`` (data-parallel combinations), ``accumulation``
+(micro-batches), ``contract`` and ``numpy_backend`` (the backend contract).
 """
 
 from .activations import ACTIVATION_NAMES, Activation
