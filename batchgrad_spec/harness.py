@@ -19,6 +19,7 @@ from functools import cache
 
 import numpy as np
 
+from reference.bounds import Bound, Override, problem_tolerance
 from reference.contract import (
     Backend,
     BackendError,
@@ -27,9 +28,9 @@ from reference.contract import (
     checked_per_example,
     load_backend,
 )
-from reference.grads import Grads, combine, per_example_grads
-from reference.numerics import Bound, Override, tolerance
+from reference.grads import combine, per_example_grads
 from reference.problem import Problem
+from reference.types import Grads
 
 from . import stats
 from .resources import SPEC
@@ -218,8 +219,9 @@ class Check:
         p = problem or self.problem
         key = (id(p), twice)
         if key not in self._tol:
-            self._tol[key] = tolerance(p, self.target.config.dtype, self.target.config.precision,
-                                       override=self.override, twice=twice)
+            self._tol[key] = problem_tolerance(p, self.target.config.dtype,
+                                               self.target.config.precision,
+                                               override=self.override, twice=twice)
         return self._tol[key]
 
     # comparison -----------------------------------------------------------------------------

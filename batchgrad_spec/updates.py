@@ -7,7 +7,7 @@ k = 1..K — and checks step k from the parameters the backend itself reported a
 expected θ_k is the reference's update from θ̂_{k−1} with the reference's optimiser state
 accumulated along θ̂_0..θ̂_{k−1} (``reference.update.shadow``), and the tolerance propagates the
 chapter-7 gradient bounds through the update and the optimiser state, step by step
-(``reference.numerics.update_tolerance``). This needs the backend's runs to be repeatable, so
+(``reference.update.update_tolerance``). This needs the backend's runs to be repeatable, so
 that the θ̂_{k−1} it reports is the one its k-step run passed through: bitwise on the CPU,
 checked by §6.7.
 """
@@ -21,11 +21,12 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from reference.batch import Batch
 from reference.contract import checked_train
-from reference.grads import Grads, batch_grad
-from reference.numerics import update_tolerance
-from reference.problem import Batch, Problem
-from reference.update import Optimizer, State, gradient, shadow, step
+from reference.grads import batch_grad
+from reference.problem import Problem
+from reference.types import Grads
+from reference.update import Optimizer, State, gradient, shadow, step, update_tolerance
 
 from .harness import Check
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
+from reference.batch import Batch
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.problem import Problem
 
 __all__ = ["WORKED_EXAMPLE", "WORKED_MEAN", "worked_example_problem"]
 

@@ -14,8 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from reference.activations import Activation
+from reference.batch import Batch
 from reference.contract import Backend
-from reference.problem import Activation, Batch, Dense, Loss, Network, Problem, Reduction
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.problem import Problem
 
 __all__ = ["BUILTIN", "DTYPES", "TORCH_DEFAULT_THREADS", "available", "backend_object", "fmt_t",
            "load", "mlp", "section", "table", "timeit"]

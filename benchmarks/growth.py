@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.common import backend_object, fmt_t, mlp, section, table, timeit
+from reference.bounds import problem_tolerance
 from reference.contract import Config, checked_loss_and_grad, checked_per_example
 from reference.grads import per_example_grads
-from reference.numerics import tolerance
 
 __all__ = ["section_d"]
 
@@ -31,7 +31,8 @@ def section_d(backends: list[str], widths: list[int], batches: list[int], min_ti
             p = mlp([w] * 5, "gelu", n)
             r = {"reference": timeit(lambda p=p: per_example_grads(p), min_time=min_time,
                                      repeats=repeats),
-                 "error bound": timeit(lambda p=p: tolerance(p, "float64"), min_time=min_time,
+                 "error bound": timeit(lambda p=p: problem_tolerance(p, "float64"),
+                                       min_time=min_time,
                                        repeats=repeats)}
             for name, b in objs.items():
                 r[f"{name} loss_and_grad"] = timeit(

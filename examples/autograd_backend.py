@@ -59,7 +59,8 @@ from autograd import grad_and_aux, value_and_grad
 from autograd.scipy.special import erf, expit, logsumexp
 
 from reference.contract import Config
-from reference.problem import Dense, Problem
+from reference.layers import Dense
+from reference.problem import Problem
 
 Arrays = dict[str, Any]
 

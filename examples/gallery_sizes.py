@@ -7,7 +7,7 @@ shrinking, counting the examples up to the first failure (what the meta-test ass
 with shrinking, describing the counterexample(s) Hypothesis reports — N, the Dense widths,
 activations, loss (``batchgrad_spec.faults.gallery.describe``). It prints the
 table as Markdown on stdout, to paste into README.md (timings go to stderr). The figures depend
-on the strategies in ``batchgrad_spec/strategies.py`` and on Hypothesis's version (it prints which).
+on the strategies in ``batchgrad_spec/strategies/`` and on Hypothesis's version (it prints which).
 """
 
 from __future__ import annotations

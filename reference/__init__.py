@@ -1,9 +1,20 @@
 """batchgrad-spec reference: numpy, float64, hand-written backward (see spec/).
 
 ``from reference import *`` brings in everything a counterexample snippet needs.
+
+The rooms, bottom to top (each imports only from rooms before it in this list):
+``types`` (shared types and exceptions), ``ops`` (primitives and their VJPs), ``numerics`` (the
+floating-point model), ``batch``, ``unit`` (the layer contract), ``activations``, ``norms``,
+``layers`` (layer types as units, the network), ``losses`` (losses and reductions), ``problem``,
+``grads`` (the gradient passes), ``bounds`` (the error bound and tolerance of a problem),
+``update`` (optimisers), ``parallel`` (data-parallel combinations), ``accumulation``
+(micro-batches), ``contract`` and ``numpy_backend`` (the backend contract).
 """
 
-from .contract import Backend, BackendError, Config, Undefined, load_backend
+from .activations import ACTIVATION_NAMES, Activation
+from .batch import Batch
+from .bounds import error_bound, problem_tolerance
+from .contract import Backend, BackendError, Config, load_backend
 from .grads import (
     batch_grad,
     batch_loss,
@@ -15,23 +26,12 @@ from .grads import (
     reduce_losses,
     scaled_per_example_grads,
 )
-from .numerics import error_bound, precision, tolerance
-from .problem import (
-    ACTIVATION_NAMES,
-    LOSS_NAMES,
-    REDUCTION_NAMES,
-    Activation,
-    Batch,
-    BatchNorm,
-    Dense,
-    Dropout,
-    LayerNorm,
-    Loss,
-    Network,
-    Problem,
-    ProblemError,
-    Reduction,
-)
+from .layers import Dense, Dropout, Network
+from .losses import LOSS_NAMES, REDUCTION_NAMES, Loss, Reduction
+from .norms import BatchNorm, LayerNorm
+from .numerics import precision
+from .problem import Problem
+from .types import ProblemError, Undefined
 
 __version__ = "0.1.0"
 SPEC_VERSION = "0.1.0"
@@ -42,8 +42,8 @@ __all__ = [
     "LayerNorm", "Loss", "Network", "Problem", "ProblemError", "Reduction", "Undefined",
     "batch_grad", "batch_loss", "combine",
     "error_bound", "finite_difference_grad", "forward", "load_backend", "np",
-    "per_example_grads", "per_example_losses", "precision", "reduce_losses",
-    "scaled_per_example_grads", "tolerance",
+    "per_example_grads", "per_example_losses", "precision", "problem_tolerance", "reduce_losses",
+    "scaled_per_example_grads",
 ]
 
 import numpy as np  # noqa: E402  (re-exported so that repro snippets need one import)

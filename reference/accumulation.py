@@ -33,7 +33,8 @@ class-weighted cross-entropy; ``reference.parallel.normaliser``):
 and ``with_l2`` adds the penalty once per step (t = (1, 0, …, 0): λθ, §5.4) or to every
 micro-batch loss (t = (1, …, 1): Kλθ). This module is the float64 reference of all of it: the
 micro-batches (``micro_batches``, via ``reference.parallel.shards``), the accumulated gradient
-(``accumulate``, in any dtype for the ``numpy`` backend) and its tolerance (``tolerance``, via
+(``accumulate``, in any dtype for the ``numpy`` backend) and its tolerance
+(``accumulation_tolerance``, via
 ``reference.parallel.combination_tolerance``, plus the running mean's rounding).
 """
 
@@ -45,8 +46,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .grads import DType, Grads, batch_grad
-from .numerics import REFERENCE, error_bound, precision
+from .bounds import error_bound
+from .grads import batch_grad
+from .losses import REDUCTION_NAMES
+from .numerics import REFERENCE, precision
 from .parallel import (
     SCALE_ROUNDINGS,
     Penalty,
@@ -56,7 +59,14 @@ from .parallel import (
     shards,
     sum_type,
 )
-from .problem import REDUCTION_NAMES, Problem, ProblemError
+from .problem import Problem
+from .types import DType, Grads, ProblemError
+
+__all__ = [
+    "ACCUMULATORS", "Accumulation", "PlanError", "accumulate", "accumulation_tolerance",
+    "count_weighted", "full_batch_gradient", "full_batch_tolerance", "global_normaliser",
+    "micro_batches", "micro_gradients", "naive", "running_mean_error", "summed", "with_l2",
+]
 
 ACCUMULATORS = ("sum", "average")
 """How a backend combines the micro-batch gradients (``Backend.accumulate``'s ``method``):
@@ -276,7 +286,8 @@ def running_mean_error(fed: Sequence[Grads], u: float, tiny: float) -> Grads:
         |m̂_k − m_k| ≤ (1 − 1/k)|m̂_{k−1} − m_{k−1}| + 2u|g_k − m_{k−1}|/k + u|m_k| + tiny,
 
     and 1 − 1/k ≤ 1, so the errors add up. (A mean taken as a sum then divided by K errs by
-    γ_K Σ|g_k|/K + u|m_K|; ``tolerance`` counts that too, so either implementation is covered.)"""
+    γ_K Σ|g_k|/K + u|m_K|; ``accumulation_tolerance`` counts that too, so either implementation
+    is covered.)"""
     m = {k: np.zeros_like(v) for k, v in fed[0].items()}
     err = {k: np.zeros_like(v) for k, v in fed[0].items()}
     for i, g in enumerate(fed, start=1):
@@ -287,8 +298,9 @@ def running_mean_error(fed: Sequence[Grads], u: float, tiny: float) -> Grads:
     return err
 
 
-def tolerance(problem: Problem, plan: Accumulation, dtype: str, mode: str = "strict",
-              accumulator: str = "sum") -> dict[str, np.ndarray]:
+def accumulation_tolerance(problem: Problem, plan: Accumulation, dtype: str,
+                           mode: str = "strict", accumulator: str = "sum"
+                           ) -> dict[str, np.ndarray]:
     """Tolerance for a backend's G against the exact Σ_k ∇J_k at (dtype, mode) (spec §5.1, §7.2).
 
     ``problem`` must be rounded to ``dtype``. The summing accumulator is the combination
@@ -317,10 +329,11 @@ def tolerance(problem: Problem, plan: Accumulation, dtype: str, mode: str = "str
 def full_batch_tolerance(problem: Problem, plan: Accumulation, dtype: str, mode: str = "strict",
                          accumulator: str = "sum", times: float = 1.0) -> dict[str, np.ndarray]:
     """Tolerance for a backend's G against ``full_batch_gradient`` (times × ∇L + λθ Σ t_k):
-    ``tolerance`` (G against the exact combination, which equals that for an exact scheme)
+    ``accumulation_tolerance`` (G against the exact combination, which equals that for an exact
+    scheme)
     plus the float64 reference's own chapter-7 bound on ∇L, scaled, and the rounding of forming
     times × ∇L + λθ Σ t_k from it (at the reference's u: u|times ∇L| + 2u|λθ Σ t_k| + u|sum|)."""
-    tol = tolerance(problem, plan, dtype, mode, accumulator)
+    tol = accumulation_tolerance(problem, plan, dtype, mode, accumulator)
     own = error_bound(problem, REFERENCE).batch_grads
     full = batch_grad(problem)[1]
     lam = plan.l2 * float(np.sum(plan.penalty_scales))

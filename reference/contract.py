@@ -1,6 +1,7 @@
 """The backend contract (spec chapter 8): what a framework adapter implements, and how it is loaded.
 
-Everything crossing the contract is numpy arrays and the dataclasses of ``reference.problem``.
+Everything crossing the contract is numpy arrays and the dataclasses of ``reference.problem``
+(and its parts).
 Problems always arrive in float64; the backend casts to ``config.dtype`` itself. A backend
 computes with its framework's own autodiff:
 
@@ -31,9 +32,16 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
-from .problem import DTYPES, Batch, Problem
+from .accumulation import micro_batches
+from .batch import Batch
+from .problem import DTYPES, Problem
+from .types import Grads, Undefined
 
-Grads = dict[str, np.ndarray]
+__all__ = [  # Undefined is defined with the other exceptions (types.py) and raised by backends
+    "CONTRACT", "OPTIONAL", "Backend", "BackendError", "Config", "Undefined",
+    "accumulation_methods", "checked_accumulate", "checked_loss_and_grad",
+    "checked_per_example", "checked_train", "copy_batch", "implements", "load_backend",
+]
 
 
 @dataclass(frozen=True)
@@ -178,13 +186,6 @@ def _check_grads(backend: Backend, call: str, config: Config, grads: Any,
                            f"{sorted(grads)}, expected exactly {sorted(shapes)}")
     return {k: _as_array(backend, call, config, f"gradient {k!r}", grads[k], lead + shapes[k])
             for k in shapes}
-
-
-class Undefined(Exception):
-    """Raised by a backend (and the reference) when the asked quantity is not defined for the
-    problem, e.g. per-example gradients through a train-mode BatchNorm (spec §4.3). The message
-    names the clause. The checked calls pass it through unchanged: it is an answer, not a
-    contract breach."""
 
 
 def _call(backend: Backend, call: str, config: Config, fn: Any, *args: Any) -> Any:
@@ -365,8 +366,6 @@ def checked_accumulate(backend: Backend, problem: Problem, config: Config, plan:
     A plan that does not fit the problem is the caller's error (``PlanError``), raised before the
     backend is called.
     """
-    from .accumulation import micro_batches  # here: reference.accumulation imports this module
-
     micro_batches(problem, plan)  # PlanError when the plan does not fit the problem
     call = f"accumulate(method={method!r})"
     try:

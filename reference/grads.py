@@ -7,35 +7,28 @@ Two independent routes to the batch gradient, so that each checks the other (spe
 * ``batch_grad`` seeds the backward pass with κ_i ∂ℓ_i/∂f_i and contracts over the batch in
   matrix form, W̄ = Δᵀ A, never materialising a per-example gradient.
 
-Both are vectorised over the batch; neither loops over examples.
+Both are vectorised over the batch; neither loops over examples. Both are generic passes over
+the layers: each layer's forward and backward rules are its own (``reference.layers``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .contract import Undefined
-from .ops import (
-    ACTIVATIONS,
-    LOSSES,
-    affine,
-    dense,
-    dropout,
-    normalize,
-    smoothed_targets,
-    standardize,
-    vjp_dense_input,
-    vjp_dense_params_batch,
-    vjp_dense_params_per_example,
-    vjp_normalize,
-)
-from .problem import NORM_EPS, Activation, Dense, Dropout, LayerNorm, Params, Problem
+from .losses import rows as _rows
+from .ops import LOSSES, smoothed_targets, vjp_dense_params_batch, vjp_dense_params_per_example
+from .problem import Problem
+from .types import DType, Grads, Params, Site, Undefined
 
-Grads = dict[str, np.ndarray]
-DType = type[np.floating] | np.dtype
+__all__ = [
+    "Trace", "batch_grad", "batch_loss", "combine", "finite_difference_grad", "forward",
+    "loss_data", "output_cotangent", "per_example_grads", "per_example_losses", "reduce_losses",
+    "scaled_per_example_grads",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,21 +36,35 @@ class Trace:
     """What the backward pass needs from the forward pass.
 
     ``inputs[k]`` is the input to layer k, shape (N, width) or (N, T, width) for sequences;
-    ``outputs[k]`` its output; ``norms[k]`` = (x̂, s) of a LayerNorm/BatchNorm at k. The network
+    ``outputs[k]`` its output; ``saved[k]`` what layer k's forward rule kept for its backward
+    rule (e.g. (x̂, s) of a LayerNorm/BatchNorm); ``sites[k]`` where layer k sits. The network
     output f(x) is ``outputs[-1]``.
     """
 
     inputs: list[np.ndarray]
     outputs: list[np.ndarray]
-    norms: dict[int, tuple[np.ndarray, np.ndarray]]
+    saved: list[Any]
+    sites: list[Site]
 
     @property
     def output(self) -> np.ndarray:
         return self.outputs[-1]
 
 
-def _param(problem: Problem, name: str, dtype: DType) -> np.ndarray:
-    return problem.params[name].astype(dtype, copy=False)  # read only: no copy in float64
+def sites_of(problem: Problem, dtype: DType = np.float64, lead: int = 0) -> list[Site]:
+    """Each layer's ``Site`` in ``problem``: θ, the dtype, and its dropout mask (as rows of
+    ``lead`` leading axes when ``lead`` > 0, as the bound's passes use it)."""
+    n, params, drop = len(problem.network.layers), problem.params, problem.batch.dropout
+    make = tuple.__new__  # Site(...) without NamedTuple's Python-level __new__: 6× cheaper
+    if not drop:
+        return [make(Site, (k, params, dtype, None)) for k in range(n)]
+    out = []
+    for k in range(n):
+        keep = drop.get(k)
+        if keep is not None and lead:
+            keep = _rows(keep, lead)
+        out.append(make(Site, (k, params, dtype, keep)))
+    return out
 
 
 def forward(problem: Problem, dtype: DType = np.float64) -> Trace:
@@ -65,39 +72,17 @@ def forward(problem: Problem, dtype: DType = np.float64) -> Trace:
     code in float32 (the ``numpy`` backend's float32 mode); the reference itself is float64.
     Every layer acts on the last axis, so a sequence batch (N, T, d) runs token by token."""
     a = problem.batch.inputs.astype(dtype)
-    inputs, outputs, norms = [], [], {}
-    for k, layer in enumerate(problem.network.layers):
+    inputs, outputs, saved = [], [], []
+    sites = sites_of(problem, dtype)
+    for layer, at in zip(problem.network.layers, sites, strict=True):
         inputs.append(a)
-        if isinstance(layer, Dense):
-            bias = _param(problem, f"{k}.bias", dtype) if layer.bias else None
-            a = dense(a, _param(problem, f"{k}.weight", dtype), bias)
-        elif isinstance(layer, Activation):
-            a = ACTIVATIONS[layer.name][0](a)
-        elif isinstance(layer, Dropout):
-            assert problem.batch.dropout is not None
-            a = dropout(a, problem.batch.dropout[k].astype(dtype), layer.p)
-        else:
-            if isinstance(layer, LayerNorm):
-                xhat, s = normalize(a, -1, NORM_EPS)
-            elif layer.training:
-                xhat, s = normalize(a, 0, NORM_EPS)
-            else:
-                assert layer.running_mean is not None and layer.running_var is not None
-                xhat, s = standardize(a, np.asarray(layer.running_mean, dtype),
-                                      np.asarray(layer.running_var, dtype), NORM_EPS)
-            norms[k] = (xhat, s)
-            a = affine(xhat, _param(problem, f"{k}.weight", dtype),
-                       _param(problem, f"{k}.bias", dtype))
+        a, kept = layer.forward(a, at)
+        saved.append(kept)
         outputs.append(a)
-    return Trace(inputs, outputs, norms)
+    return Trace(inputs, outputs, saved, sites)
 
 
 # -- losses ----------------------------------------------------------------------------------------
-def _rows(x: np.ndarray, lead: int) -> np.ndarray:
-    """(N, [T,] ...) → (rows, ...): examples, or tokens of a sequence batch, as rows."""
-    return x.reshape((-1,) + x.shape[lead:])
-
-
 def loss_data(problem: Problem, output: np.ndarray) -> tuple[np.ndarray, tuple]:
     """(targets as rows, the loss's extra arguments) for ``ops.LOSSES[name]`` on rows of
     ``output``: cross-entropy gets q̃ (``ops.smoothed_targets``) and the class weights w."""
@@ -167,32 +152,11 @@ def _backward(
     params = problem.network.param_shapes()
     first = min(int(name.split(".")[0]) for name in params)  # below it no cotangent is needed
     for k in range(len(problem.network.layers) - 1, first - 1, -1):
-        layer, a = problem.network.layers[k], trace.inputs[k]
-        if isinstance(layer, Dense):
-            w_bar, b_bar = param_rule(g, a)
-            grads[f"{k}.weight"] = w_bar
-            if layer.bias:
-                grads[f"{k}.bias"] = b_bar
-            if k > first:
-                g = vjp_dense_input(g, _param(problem, f"{k}.weight", g.dtype))
-        elif isinstance(layer, Activation):
-            g = g * ACTIVATIONS[layer.name][1](a, trace.outputs[k])
-        elif isinstance(layer, Dropout):
-            assert problem.batch.dropout is not None
-            g = dropout(g, problem.batch.dropout[k].astype(g.dtype), layer.p)
-        else:
-            xhat, s = trace.norms[k]
-            ones = np.ones(g.shape[:-1] + (1,), g.dtype)
-            grads[f"{k}.weight"] = param_rule(g * xhat, ones)[1]
-            grads[f"{k}.bias"] = param_rule(g, ones)[1]
-            if k > first:
-                dxhat = g * _param(problem, f"{k}.weight", g.dtype)
-                if isinstance(layer, LayerNorm):
-                    g = vjp_normalize(dxhat, xhat, s, -1)
-                elif layer.training:
-                    g = vjp_normalize(dxhat, xhat, s, 0)
-                else:
-                    g = dxhat * s
+        layer = problem.network.layers[k]
+        own, g = layer.backward(g, trace.inputs[k], trace.outputs[k], trace.saved[k],
+                                trace.sites[k], param_rule, k > first)
+        for name, v in own.items():
+            grads[f"{k}.{name}"] = v
     return {name: grads[name] for name in params}
 
 

@@ -12,10 +12,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .accumulation import ACCUMULATORS, Accumulation, accumulate
-from .contract import Config, Grads
+from .batch import Batch
+from .contract import Config
 from .grads import batch_grad, per_example_grads
-from .problem import Batch, Problem
+from .problem import Problem
+from .types import Grads
 from .update import Optimizer, train
+
+__all__ = ["NumpyBackend", "backend"]
 
 
 class NumpyBackend:

@@ -31,9 +31,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grads import Grads, batch_grad
-from .numerics import REFERENCE, gamma, precision, tolerance
+from .bounds import problem_tolerance
+from .grads import batch_grad
+from .numerics import REFERENCE, gamma, precision
 from .problem import Problem
+from .types import Grads
+
+__all__ = [
+    "AVERAGING", "PENALTY_ROUNDINGS", "SCALE_ROUNDINGS", "SCHEMES", "Combination", "Penalty",
+    "ScaleError", "combination", "combination_tolerance", "count_weighted_scales", "counts",
+    "data_parallel", "even_sizes", "normaliser", "normaliser_error", "rank_mean_scales", "shards",
+    "sum_type", "summed_scales",
+]
 
 SCALE_ROUNDINGS = 3
 """Roundings between an exact scale S_r and its application to a gradient: the scale computed as
@@ -194,8 +203,8 @@ def combination_tolerance(parts: Sequence[Problem], scales: Sequence[float], dty
     """Tolerance for a backend's Σ_r S_r ∇L_r (+ Σ_r T_r λθ) at (dtype, mode) (spec §5.6, §7.2).
 
     Each part must already be rounded to ``dtype``. With B_r the chapter-7 tolerance of part r's
-    gradient (``tolerance(part, dtype, mode).batch_grads``: the backend's bound plus the float64
-    reference's) and v_r = S_r ∇L_r + T_r λθ rank r's contribution, elementwise:
+    gradient (``problem_tolerance(part, dtype, mode).batch_grads``: the backend's bound plus the
+    float64 reference's) and v_r = S_r ∇L_r + T_r λθ rank r's contribution, elementwise:
 
         Σ_r |S_r| B_r                               each rank's own gradient error, scaled
       + Σ_r (k + ε_r/u) u |S_r ∇L_r|                the scale: k = ``roundings`` roundings
@@ -224,7 +233,7 @@ def combination_tolerance(parts: Sequence[Problem], scales: Sequence[float], dty
 
     contributions: list[Mapping[str, np.ndarray]] = []
     for r, (part, s) in enumerate(zip(parts, scales, strict=True)):
-        bound = tolerance(part, dtype, mode).batch_grads
+        bound = problem_tolerance(part, dtype, mode).batch_grads
         grads = batch_grad(part)[1]
         t = 0.0 if penalty is None else penalty.scales[r]
         v: dict[str, np.ndarray] = {}
@@ -249,7 +258,8 @@ def combination_tolerance(parts: Sequence[Problem], scales: Sequence[float], dty
 
 # -- the schemes of spec chapter 5 -----------------------------------------------------------------
 SCHEMES = ("rank_mean", "count_weighted", "global_normaliser", "summed")
-"""What a data-parallel engine can be asked to compute (``plan`` gives each as a combination):
+"""What a data-parallel engine can be asked to compute (``data_parallel`` gives each as a
+``Combination``):
 
 rank_mean          rank r's loss is its shard's own reduced loss; the gradients are averaged over
                    the R ranks (DistributedDataParallel; ``grad`` of ``lax.pmean`` of the loss)
@@ -266,7 +276,7 @@ AVERAGING = ("rank_mean", "count_weighted")
 
 
 @dataclass(frozen=True)
-class Plan:
+class Combination:
     """A data-parallel computation as a combination Σ_r S_r ∇L_r (+ Σ_r T_r λθ) (spec §5.6)."""
 
     parts: list[Problem]  # the problem rank r differentiates
@@ -278,14 +288,15 @@ class Plan:
         """The exact combination (float64 reference)."""
         return combination(self.parts, self.scales, self.penalty)
 
-    def tolerance(self, dtype: str, mode: str = "strict") -> dict[str, np.ndarray]:
-        """``combination_tolerance`` of this plan; the parts must be rounded to ``dtype``."""
+    def combination_tolerance(self, dtype: str, mode: str = "strict") -> dict[str, np.ndarray]:
+        """``combination_tolerance`` of this combination; the parts must be rounded to
+        ``dtype``."""
         return combination_tolerance(self.parts, self.scales, dtype, mode, penalty=self.penalty,
                                      scale_error=self.scale_error)
 
 
-def plan(problem: Problem, sizes: Sequence[int], scheme: str, *, lam: float = 0.0,
-         penalty_ranks: Sequence[float] = ()) -> Plan:
+def data_parallel(problem: Problem, sizes: Sequence[int], scheme: str, *, lam: float = 0.0,
+                  penalty_ranks: Sequence[float] = ()) -> Combination:
     """The combination ``scheme`` computes over ``problem`` split into shards of ``sizes``, with
     rank r adding ``penalty_ranks[r]`` × (λ/2)‖θ‖² to its loss (none when empty)."""
     own = shards(problem, sizes)
@@ -299,11 +310,12 @@ def plan(problem: Problem, sizes: Sequence[int], scheme: str, *, lam: float = 0.
         d = 1.0 / ranks if scheme in AVERAGING else 1.0
         penalty = Penalty(lam, tuple(d * a for a in penalty_ranks))
     if scheme == "rank_mean":
-        return Plan(own, rank_mean_scales(ranks), penalty, None)
+        return Combination(own, rank_mean_scales(ranks), penalty, None)
     if scheme == "summed":
-        return Plan(own, summed_scales(ranks), penalty, None)
+        return Combination(own, summed_scales(ranks), penalty, None)
     if scheme == "count_weighted":
-        return Plan(own, count_weighted_scales(own), penalty, normaliser_error(own, local=True))
+        return Combination(own, count_weighted_scales(own), penalty,
+                           normaliser_error(own, local=True))
     total = float(np.sum([normaliser(p) for p in own]))
-    return Plan([sum_type(p) for p in own], [1.0 / total] * ranks, penalty,
+    return Combination([sum_type(p) for p in own], [1.0 / total] * ranks, penalty,
                 normaliser_error(own))

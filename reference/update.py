@@ -23,17 +23,31 @@ and optax (under ``jax_enable_x64``) do.
 ``numpy`` backend's float32 mode); ``train`` runs one step per batch from ``problem.params``,
 each batch reduced with ``problem.reduction``; ``shadow`` evaluates the reference update along
 a trajectory of parameters a backend reported (spec §6.2, multi-step comparisons).
+
+Beside each rule, its error model: ``update_step_bound`` runs one step in the R arithmetic of
+``reference.numerics`` (spec §7.1), and ``update_tolerance`` gives the tolerance of a backend's
+parameters after each step of a trajectory (spec §6.1, §7.2).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .grads import Grads, batch_grad
-from .problem import Batch, Params, Problem
+from .batch import Batch
+from .bounds import error_bound
+from .grads import batch_grad
+from .numerics import REFERENCE, Precision, R, Rounding, precision
+from .problem import Problem
+from .types import Grads, Params
+
+__all__ = [
+    "OPTIMIZER_NAMES", "Optimizer", "State", "UpdateState", "gradient", "sgd_decoupled_step",
+    "shadow", "step", "train", "update_step_bound", "update_tolerance",
+]
 
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 
@@ -158,4 +172,124 @@ def shadow(problem: Problem, opt: Optimizer, batches: Sequence[Batch],
         theta = {k: np.asarray(v, np.float64) for k, v in theta.items()}
         new, state = step(opt, theta, gradient(problem, theta, b), state)
         out.append(new)
+    return out
+
+
+# -- the error model of the update step (spec §6.1, §7.1) ---------------------------------------
+@dataclass
+class UpdateState:
+    """Optimiser state as the bound carries it: value (the float64 reference) and error bound."""
+
+    t: int = 0
+    buf: dict[str, R] = field(default_factory=dict)
+    m: dict[str, R] = field(default_factory=dict)
+    v: dict[str, R] = field(default_factory=dict)
+
+
+def _lincomb(r: Rounding, c1: float, x: R, c2: float, y: R) -> R:
+    """c₁x + c₂y with constants rounded once: |c₁|e_x + |c₂|e_y + 3u(|c₁x| + |c₂y|) + u|result|
+    (+ tiny per product). 3u covers both ways frameworks write a moving average: the affine form
+    (c₁, c₂ rounded, two products, one sum: 2u) and ``lerp`` x + w(y − x) (or its mirror for
+    w ≥ ½), whose rounding is ≤ 3u·min(w, 1 − w)|y − x| ≤ 3u(|c₁x| + |c₂y|)."""
+    a, b = np.abs(c1 * x.v), np.abs(c2 * y.v)
+    v = c1 * x.v + c2 * y.v
+    under = r.tiny * ((r.maybe_nonzero(x) & (c1 != 0)).astype(float)
+                      + (r.maybe_nonzero(y) & (c2 != 0)).astype(float))
+    return R(v, abs(c1) * x.e + abs(c2) * y.e + 3 * r.u * (a + b) + r.u * np.abs(v) + under)
+
+
+def _div_by_positive(r: Rounding, x: R, y: R, floor: float) -> R:
+    """x / y where the computed y is known to be ≥ ``floor`` > 0 (√v̂ + ε ≥ ε): rigorously
+    |x̂/ŷ − x/y| ≤ (e_x y + |x| e_y) / (y · max(y − e_y, floor)), plus the division's rounding."""
+    v = x.v / y.v
+    low = np.maximum(y.v - y.e, floor)
+    return R(v, (x.e * y.v + np.abs(x.v) * y.e) / (y.v * low) + r.u * np.abs(v)
+             + r.tiny * r.maybe_nonzero(x))
+
+
+def _worse(a: R, b: R) -> R:
+    """Two evaluation orders of the same value: keep the larger error bound."""
+    return R(a.v, np.maximum(a.e, b.e))
+
+
+def update_step_bound(opt: Optimizer, theta: Mapping[str, np.ndarray], grads: Mapping[str, R],
+                      state: UpdateState, p: Precision) -> tuple[dict[str, R], UpdateState]:
+    """One optimiser step in R arithmetic: θ' (value and error bound) from exact θ and gradients
+    ``grads`` (value, error bound), at precision p (spec §6.1; rules of ``reference.update``).
+
+    Where frameworks order the arithmetic differently — PyTorch's Adam divides √v by √(1 − β₂ᵗ)
+    and scales m/(·) by η/(1 − β₁ᵗ), optax divides m and v by their bias corrections first; AdamW
+    multiplies θ by (1 − ηλ) in PyTorch, adds λθ to the update before scaling by −η in optax —
+    both orders are bounded and the larger bound is kept. Scalars are computed in float64 and
+    rounded once (``Rounding.const``)."""
+    r = Rounding(p)
+    t = state.t + 1
+    new = UpdateState(t)
+    out: dict[str, R] = {}
+    for k in theta:
+        th = r.exact(theta[k])
+        g = grads[k]
+        raw = g
+        if opt.l2:
+            g = r.add(g, r.mul(r.const(opt.l2), th))
+        if opt.name == "sgd":
+            if opt.momentum:
+                g = g if t == 1 else r.add(r.mul(r.const(opt.momentum), state.buf[k]), g)
+                new.buf[k] = g
+            out[k] = r.sub(th, r.mul(r.const(opt.lr), g))
+            if opt.l2 and (not opt.momentum or t == 1):
+                # the same value written with decoupled decay, θ(1 − ηλ) − ηg (spec §6.5)
+                out[k] = _worse(out[k], r.sub(r.mul(th, r.const(1.0 - opt.lr * opt.l2)),
+                                              r.mul(r.const(opt.lr), raw)))
+            continue
+        b1, b2 = opt.betas
+        zero = r.exact(np.zeros_like(theta[k]))
+        m = _lincomb(r, b1, state.m.get(k, zero), 1.0 - b1, g)
+        v = _lincomb(r, b2, state.v.get(k, zero), 1.0 - b2, r.mul(g, g))
+        new.m[k], new.v[k] = m, v
+        bc1, bc2 = opt.bias_corrections(t)
+        eps = r.const(opt.eps)
+        floor = opt.eps * (1.0 - 3.0 * p.u)
+        # PyTorch (and reference.update): θ(1 − ηλ) − (η/bc₁) · m / (√v / √bc₂ + ε)
+        denom = r.add(r.div(r.sqrt(v), r.const(math.sqrt(bc2))), eps)
+        decayed = th if opt.name != "adamw" else r.mul(th, r.const(1.0 - opt.lr * opt.weight_decay))
+        torch_order = r.sub(decayed, r.mul(r.const(opt.lr / bc1), _div_by_positive(r, m, denom,
+                                                                                    floor)))
+        # optax: θ + (−η)·(m̂ / (√v̂ + ε) [+ λθ]),  m̂ = m / bc₁, v̂ = v / bc₂
+        q = _div_by_positive(r, r.div(m, r.const(bc1)),
+                             r.add(r.sqrt(r.div(v, r.const(bc2))), eps), floor)
+        if opt.name == "adamw":
+            q = r.add(q, r.mul(r.const(opt.weight_decay), th))
+        optax_order = r.sub(th, r.mul(r.const(opt.lr), q))
+        out[k] = _worse(torch_order, optax_order)
+    return out, new
+
+
+def update_tolerance(problem: Problem, opt: Optimizer, batches: Sequence[Batch],
+                     iterates: Sequence[Mapping[str, np.ndarray]], dtype: str,
+                     mode: str = "strict") -> list[dict[str, np.ndarray]]:
+    """Tolerances for a backend's parameters after each step, checked along its own trajectory.
+
+    ``iterates[k]`` are the parameters the backend reported before step k (``problem.params``
+    for k = 0, exact in ``dtype``); entry k bounds |θ̂_{k+1} − θ_{k+1}| where θ_{k+1} is the
+    reference's step from ``iterates[k]`` (``reference.update.shadow``). The gradient of batch k
+    at ``iterates[k]`` carries the chapter-7 bound of the backend's dtype and of the float64
+    reference; both are propagated through the update, and through the optimiser state from
+    step to step, at the backend's and at the reference's unit roundoff, and added (spec §7.2,
+    §6.1). ``problem`` and the batches must already be rounded to ``dtype``.
+    """
+    states = {"backend": UpdateState(), "reference": UpdateState()}
+    precisions = {"backend": precision(dtype, mode), "reference": REFERENCE}
+    out = []
+    for batch, theta in zip(batches, iterates, strict=True):
+        at = problem.with_params(theta).with_batch(batch)
+        _, value = batch_grad(at)
+        total: dict[str, np.ndarray] = {}
+        for who, p in precisions.items():
+            bound = error_bound(at, p).batch_grads
+            grads = {k: R(value[k], bound[k]) for k in value}
+            new, states[who] = update_step_bound(opt, at.params, grads, states[who], p)
+            for k, x in new.items():
+                total[k] = total.get(k, 0.0) + x.e
+        out.append(total)
     return out

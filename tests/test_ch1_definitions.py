@@ -13,6 +13,9 @@ from batchgrad_spec.properties.definitions import (  # noqa: F401 — run here, 
     test_relu_slope_at_zero_is_zero,
 )
 from batchgrad_spec.strategies import networks, problems
+from reference.activations import Activation
+from reference.batch import Batch
+from reference.bounds import error_bound
 from reference.grads import (
     batch_grad,
     finite_difference_grad,
@@ -21,18 +24,12 @@ from reference.grads import (
     per_example_losses,
     scaled_per_example_grads,
 )
-from reference.numerics import REFERENCE, error_bound
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.numerics import REFERENCE
 from reference.ops import ACTIVATIONS
-from reference.problem import (
-    Activation,
-    Batch,
-    Dense,
-    Loss,
-    Network,
-    Problem,
-    ProblemError,
-    Reduction,
-)
+from reference.problem import Problem
+from reference.types import ProblemError
 
 
 @pytest.mark.clause("1.2")

@@ -19,9 +19,13 @@ from batchgrad_spec.harness import check, reduction_identity
 from batchgrad_spec.properties.core import per_example_against_reference
 from batchgrad_spec.properties.losses import FIND, HERE, NON_NEGATIVE, elementwise_losses
 from batchgrad_spec.strategies import HUBER_DELTAS, floats, loss_problems, networks
+from reference.batch import Batch
+from reference.bounds import problem_tolerance
 from reference.grads import batch_grad, forward, per_example_grads, per_example_losses
-from reference.numerics import REFERENCE, tolerance
-from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.numerics import REFERENCE
+from reference.problem import Problem
 
 
 # -- §3.8 BCE with logits, Huber, Gaussian NLL ----------------------------------------------------
@@ -124,7 +128,7 @@ def test_non_negative_losses_are_never_below_zero_beyond_rounding(target, method
 def test_hypothesis_finds_a_negative_gaussian_nll():
     def negative(p: Problem) -> bool:
         p = p.rounded("float32")
-        return bool(np.any(per_example_losses(p) < -tolerance(p, "float32").losses))
+        return bool(np.any(per_example_losses(p) < -problem_tolerance(p, "float32").losses))
 
     p = find(loss_problems(losses=("gaussian_nll",)), negative, settings=FIND)
     assert np.min(per_example_losses(p)) < 0, p

@@ -28,8 +28,8 @@ from batchgrad_spec.properties.losses import (  # noqa: F401 — run here, also 
     test_label_smoothing_averages_its_uniform_term_over_the_kept_labels_only,
 )
 from batchgrad_spec.strategies import loss_problems
+from reference.bounds import problem_tolerance
 from reference.grads import batch_grad, combine, per_example_grads
-from reference.numerics import tolerance
 from reference.problem import Problem
 
 
@@ -179,8 +179,8 @@ def test_hypothesis_finds_one_hot_soft_targets_that_differ_from_hard_labels_when
     def differ(p: Problem) -> bool:
         hard = p.rounded("float32")
         soft = one_hot(hard)
-        tol_h = tolerance(hard, "float32").batch_grads
-        tol_s = tolerance(soft, "float32").batch_grads
+        tol_h = problem_tolerance(hard, "float32").batch_grads
+        tol_s = problem_tolerance(soft, "float32").batch_grads
         return float32_difference(batch_grad(hard)[1], batch_grad(soft)[1], tol_h, tol_s)
 
     p = find(loss_problems(losses=(CE,), class_weights=True, ignore_index=False,

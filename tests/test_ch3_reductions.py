@@ -30,8 +30,8 @@ from batchgrad_spec.properties.losses import (  # noqa: F401 — run here, also 
     valid_tokens,
 )
 from batchgrad_spec.strategies import VARIANCE_RANGE, floats, loss_problems
+from reference.bounds import problem_tolerance
 from reference.grads import batch_grad, combine, per_example_grads, per_example_losses
-from reference.numerics import tolerance
 from reference.problem import Problem
 
 
@@ -46,7 +46,7 @@ def test_hypothesis_finds_a_class_weighted_mean_whose_gradient_is_not_the_mean_o
         _, g = per_example_grads(p)
         _, grad = batch_grad(p)
         mean_of_g = combine(g, np.full(p.batch.size, 1.0 / p.batch.size))
-        tol = tolerance(p, "float32").batch_grads
+        tol = problem_tolerance(p, "float32").batch_grads
         return float32_difference(mean_of_g, grad, tol, tol)
 
     p = find(loss_problems(losses=(CE,), class_weights=True, ignore_index=False,
@@ -84,8 +84,8 @@ def test_hypothesis_finds_unequal_valid_elements_where_n_times_the_mean_gradient
         _, grad = batch_grad(p)
         _, g = per_example_grads(p)
         means = combine(g, 1.0 / tokens)
-        tol = tolerance(p, "float32").batch_grads
-        per_mean = tolerance(p.with_reduction("sequence_mean"), "float32").batch_grads
+        tol = problem_tolerance(p, "float32").batch_grads
+        per_mean = problem_tolerance(p.with_reduction("sequence_mean"), "float32").batch_grads
         return float32_difference({k: n * v for k, v in grad.items()}, means,
                                   {k: n * v for k, v in tol.items()},
                                   {k: n * v for k, v in per_mean.items()})
@@ -140,8 +140,8 @@ def test_hypothesis_finds_unequal_valid_tokens_where_token_mean_and_sequence_mea
         p = p.rounded("float32")
         q = p.with_reduction("sequence_mean")
         return float32_difference(batch_grad(p)[1], batch_grad(q)[1],
-                                  tolerance(p, "float32").batch_grads,
-                                  tolerance(q, "float32").batch_grads)
+                                  problem_tolerance(p, "float32").batch_grads,
+                                  problem_tolerance(q, "float32").batch_grads)
 
     p = find(loss_problems(sequences=True, class_weights=False, empty_sequences=False,
                            reductions=("mean",)), differ, settings=FIND)

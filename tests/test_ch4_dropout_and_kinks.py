@@ -25,10 +25,14 @@ from batchgrad_spec.properties.layers import (  # noqa: F401 — run here, also 
     test_leaky_relu_slope_at_an_exact_zero_preactivation_is_the_negative_slope,
 )
 from batchgrad_spec.strategies import PER_EXAMPLE_KINDS, layer_problems
+from reference.activations import Activation
+from reference.batch import Batch
 from reference.grads import combine, forward, per_example_grads
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
 from reference.numerics import REFERENCE
 from reference.ops import ACTIVATIONS, LEAKY_SLOPE
-from reference.problem import Activation, Batch, Dense, Loss, Network, Problem, Reduction
+from reference.problem import Problem
 
 # -- known deviations ----------------------------------------------------------------------------
 JAX_LEAKY = ("§4.6 jax.nn.leaky_relu is jnp.where(x >= 0, x, negative_slope * x), so its slope at "

@@ -25,10 +25,17 @@ from batchgrad_spec.properties.layers import (  # noqa: F401 — run here, also 
     test_train_mode_batchnorm_batch_gradient_matches_the_reference,
 )
 from batchgrad_spec.strategies import PER_EXAMPLE_KINDS, layer_networks, layer_problems, problems
-from reference.contract import BackendError, Undefined
+from reference.activations import Activation
+from reference.batch import Batch
+from reference.bounds import error_bound, problem_tolerance
+from reference.contract import BackendError
 from reference.grads import batch_grad, per_example_grads, per_example_losses
-from reference.numerics import REFERENCE, error_bound, gamma, tolerance
-from reference.problem import Activation, Batch, BatchNorm, Dense, Loss, Network, Problem, Reduction
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.norms import BatchNorm
+from reference.numerics import REFERENCE, gamma
+from reference.problem import Problem
+from reference.types import Undefined
 
 # -- §4.1 LayerNorm ------------------------------------------------------------------------------
 LAYER_NORM = layer_problems(layers=PER_EXAMPLE_KINDS, require=("layer_norm",), activations=ACTS)
@@ -232,7 +239,7 @@ def test_a_jax_vmap_of_grad_through_batch_statistics_silently_gives_batch_of_one
     for i in range(p.batch.size):
         one = p.with_batch(p.batch.take([i]))
         _, g1 = batch_grad(one)
-        tol = tolerance(one, "float64").batch_grads
+        tol = problem_tolerance(one, "float64").batch_grads
         for k in g1:
             assert np.all(np.abs(np.asarray(per_ex[k][i]) - g1[k]) <= tol[k]), (k, i)
         assert not np.any(g1["0.weight"])  # nothing below the BatchNorm learns

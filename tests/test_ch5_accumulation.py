@@ -32,27 +32,31 @@ from hypothesis import strategies as st
 from batchgrad_spec.harness import Target
 from batchgrad_spec.properties.accumulation import (  # noqa: F401 — run here and by meta-tests
     LAMBDAS,
-    MAX_PARTS,
     AccumulationCheck,
     Scheme,
-    cases,
     split_matches_full_batch,
-    splits,
     test_an_l2_penalty_added_once_per_step_contributes_lambda_theta_whatever_k,
     test_micro_batch_means_weighted_by_n_k_over_n_accumulate_to_the_full_batch_mean_gradient,
     test_token_level_accumulation_divides_summed_token_losses_by_the_whole_batch_token_count,
 )
-from batchgrad_spec.strategies import loss_problems, networks, problems
+from batchgrad_spec.strategies import (
+    MAX_PARTS,
+    loss_problems,
+    networks,
+    problems,
+    split_cases,
+    splits,
+)
 from reference.accumulation import (
     Accumulation,
     accumulate,
+    accumulation_tolerance,
     count_weighted,
     full_batch_gradient,
     full_batch_tolerance,
     global_normaliser,
     naive,
     summed,
-    tolerance,
     with_l2,
 )
 from reference.contract import accumulation_methods, implements
@@ -141,7 +145,7 @@ def test_the_mean_of_micro_batch_mean_gradients_is_the_full_batch_gradient_for_e
 
 @pytest.mark.clause("5.1")
 def test_hypothesis_finds_unequal_micro_batches_where_the_mean_of_their_means_is_wrong(target):
-    problem, sizes = found(cases(problems(nets=SMALL, reductions=("mean",), min_batch=2,
+    problem, sizes = found(split_cases(problems(nets=SMALL, reductions=("mean",), min_batch=2,
                                           max_batch=4)), naive, target, key="5.1")
     assert len(set(sizes)) > 1, f"equal sizes {sizes} are exact (§5.1), yet differ"
     with AccumulationCheck(target, problem) as c:
@@ -182,7 +186,7 @@ def test_hypothesis_finds_that_per_micro_batch_token_means_are_wrong_even_for_eq
     tokens = loss_problems(nets=SMALL, losses=("softmax_cross_entropy",), class_weights=False,
                            sequences=True, reductions=("mean",), empty_sequences=False,
                            min_batch=2, max_length=3)
-    problem, sizes = found(cases(tokens, equal=True), naive, target, key="5.2")
+    problem, sizes = found(split_cases(tokens, equal=True), naive, target, key="5.2")
     counts = [float(np.sum(p.counts)) for p in shards(problem, sizes)]
     assert len(set(counts)) > 1, f"equal token counts {counts} are exact, yet differ"
     with AccumulationCheck(target, problem) as c:
@@ -220,7 +224,7 @@ def test_hypothesis_finds_that_local_weighted_means_weighted_by_n_k_over_n_are_w
     hard = loss_problems(nets=SMALL, losses=("softmax_cross_entropy",), class_weights=True,
                          ignore_index=False, soft_targets=False, reductions=("mean",),
                          min_batch=2, max_batch=4)
-    problem, sizes = found(cases(hard), by_examples, target, key="5.3")
+    problem, sizes = found(split_cases(hard), by_examples, target, key="5.3")
     with AccumulationCheck(target, problem) as c:
         c.differs_from_full_batch(by_examples(c.problem, sizes), what="Σ_k (n_k/N) ∇mean_k")
 
@@ -239,10 +243,10 @@ def test_an_l2_penalty_added_to_every_micro_batch_loss_contributes_k_lambda_thet
         g_once, g_each = c.accumulate(once), c.accumulate(each)
         theta = c.problem.params
         u = REFERENCE.u  # (K − 1)·λ·θ formed in float64: two roundings
+        t_once = accumulation_tolerance(c.problem, once, cfg.dtype, cfg.precision)
+        t_each = accumulation_tolerance(c.problem, each, cfg.dtype, cfg.precision)
         tol = {n: a + b + 2 * u * np.abs((k - 1) * lam * theta[n])
-               for (n, a), b in zip(tolerance(c.problem, once, cfg.dtype, cfg.precision).items(),
-                                    tolerance(c.problem, each, cfg.dtype,
-                                              cfg.precision).values(), strict=True)}
+               for (n, a), b in zip(t_once.items(), t_each.values(), strict=True)}
         c.close({n: g_each[n] - g_once[n] for n in theta},
                 {n: (k - 1) * lam * theta[n] for n in theta}, tol,
                 what="G(penalty in each micro-batch) − G(penalty once)",
@@ -264,7 +268,7 @@ def test_an_averaging_accumulator_fed_micro_batch_mean_gradients_is_exact_for_eq
 @averaging
 @pytest.mark.clause("5.5")
 def test_hypothesis_finds_unequal_micro_batches_where_an_averaging_accumulator_is_wrong(target):
-    problem, sizes = found(cases(problems(nets=SMALL, reductions=("mean",), min_batch=2,
+    problem, sizes = found(split_cases(problems(nets=SMALL, reductions=("mean",), min_batch=2,
                                           max_batch=4)), naive, target, "average", key="5.5")
     with AccumulationCheck(target, problem) as c:
         c.differs_from_full_batch(naive(c.problem, sizes), method="average",

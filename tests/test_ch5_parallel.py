@@ -47,19 +47,22 @@ from batchgrad_spec.properties.parallel import (  # noqa: F401 — run here and 
     WEIGHTED_MEAN,
     DPCheck,
     R,
-    any_shards,
     compare,
     engine_matches,
     engine_of,
-    equal_shards,
     full_tolerance,
     test_count_weighted_all_reduce_over_any_shards_is_the_full_batch_gradient,
     test_rank_averaged_gradient_over_equal_shards_is_the_full_batch_gradient,
 )
+from batchgrad_spec.strategies import any_shards, equal_shards
+from reference.batch import Batch
+from reference.bounds import error_bound
 from reference.grads import batch_grad
-from reference.numerics import REFERENCE, error_bound
-from reference.parallel import plan
-from reference.problem import Batch, Dense, Loss, Network, Problem, Reduction
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.numerics import REFERENCE
+from reference.parallel import data_parallel
+from reference.problem import Problem
 
 FIND_CALLS = 40
 """Engine calls a ``find`` may spend (generating, then shrinking); past them the predicate
@@ -109,10 +112,10 @@ def _rank_average_differs(target: Target, seen: list[Problem]
                 return False
             seen.append(problem)
             p = problem.rounded(target.config.dtype)
-            pl = plan(p, sizes, "rank_mean")
+            pl = data_parallel(p, sizes, "rank_mean")
             grads = engine_of(target).run(Job(p, target.config.dtype, sizes, "rank_mean"))[0]
             full = batch_grad(p)[1]
-            tol = pl.tolerance(target.config.dtype)
+            tol = pl.combination_tolerance(target.config.dtype)
             whole = error_bound(p, REFERENCE).batch_grads
             answers[key] = any(np.any(np.abs(grads[k] - full[k]) > tol[k] + whole[k])
                                for k in full)
@@ -146,12 +149,12 @@ def rank_average_found_to_differ(target: Target,
                    f"shards that differs from the full-batch gradient ({exc!r})")
         return
     with DPCheck(target, problem) as c:
-        pl = plan(c.problem, sizes, "rank_mean")
+        pl = data_parallel(c.problem, sizes, "rank_mean")
         job = Job(c.problem, target.config.dtype, sizes, "rank_mean")
         print(f"\n§{target.clause} counterexample after {len(seen)} engine calls: "
               f"N={c.problem.batch.size}, {shown(c.problem, sizes)}")
-        compare(c, job, pl.expected(), pl.tolerance(target.config.dtype), what,
-                f"plan(problem, {sizes!r}, 'rank_mean').expected()")
+        compare(c, job, pl.expected(), pl.combination_tolerance(target.config.dtype), what,
+                f"data_parallel(problem, {sizes!r}, 'rank_mean').expected()")
 
 
 # -- §5.7 unequal shards -----------------------------------------------------------------------
@@ -161,14 +164,14 @@ def test_rank_averaging_over_unequal_shards_is_not_the_full_batch_gradient(targe
     not the full-batch gradient; it must find one, and the engine's value there must be the
     rank average (1/R) Σ_r ∇L_r of the reference."""
     rank_average_found_to_differ(
-        target, any_shards(UNEQUAL, unequal=True), "problem", "unequal",
+        target, any_shards(UNEQUAL, ranks=R, unequal=True), "problem", "unequal",
         lambda p, sizes: f"shards {sizes}, {p.network!r}, {p.loss!r}",
         "(1/R) Σ_r ∇L_r over unequal shards (≠ ∇L)")
 
 
 @pytest.mark.clause("5.7")
 @DP
-@given(case=any_shards(MEAN))
+@given(case=any_shards(MEAN, ranks=R))
 def test_summed_sum_losses_over_the_global_count_are_the_full_batch_gradient(target, case):
     engine_matches(target, case, "global_normaliser", "Σ_r ∇(Σ_{i∈r} ℓ_i) / N = ∇L")
 
@@ -176,7 +179,7 @@ def test_summed_sum_losses_over_the_global_count_are_the_full_batch_gradient(tar
 # -- §5.8 summed without dividing --------------------------------------------------------------
 @pytest.mark.clause("5.8")
 @DP
-@given(case=equal_shards(MEAN))
+@given(case=equal_shards(MEAN, ranks=R))
 def test_summing_rank_gradients_without_dividing_gives_R_times_the_gradient(target, case):
     engine_matches(target, case, "summed", f"Σ_r ∇L_r over equal shards = {R} ∇L", times=R)
 
@@ -222,7 +225,7 @@ def test_shard_map_gradient_of_replicated_parameters_is_already_summed_over_devi
             answers = engine.variants(Job(c.problem, target.config.dtype, sizes, "rank_mean"))
         except EngineError as exc:
             c.fail(f"the jax shard_map engine failed: {exc}")
-        parts = plan(c.problem, sizes, "rank_mean").parts
+        parts = data_parallel(c.problem, sizes, "rank_mean").parts
         full = batch_grad(c.problem)[1]["0.weight"]
         shard0 = batch_grad(parts[0])[1]["0.weight"]
         missing = sorted(set(VARIANTS) - set(answers))
@@ -230,7 +233,7 @@ def test_shard_map_gradient_of_replicated_parameters_is_already_summed_over_devi
             c.fail(f"the jax worker did not run {missing}")
         # every idiom computes a sum of at most R² shard gradients: factor × the tolerance of
         # Σ_r ∇L_r (and of the reference's own ∇L) bounds each
-        summed = full_tolerance(c, plan(c.problem, sizes, "summed"))["0.weight"]
+        summed = full_tolerance(c, data_parallel(c.problem, sizes, "summed"))["0.weight"]
         for name, (kind, factor) in VARIANTS.items():
             got = answers[name]
             if isinstance(got, str):
@@ -249,7 +252,7 @@ def test_shard_map_gradient_of_replicated_parameters_is_already_summed_over_devi
 
 @pytest.mark.clause("5.9")
 @DP
-@given(case=equal_shards(MEAN))
+@given(case=equal_shards(MEAN, ranks=R))
 def test_textbook_pmean_of_gradients_taken_inside_shard_map_is_R_times_the_gradient(
         target, case):
     engine_matches(target, case, "shard_map_textbook",  # it computes Σ_r ∇L_r
@@ -260,7 +263,7 @@ def test_textbook_pmean_of_gradients_taken_inside_shard_map_is_R_times_the_gradi
 # -- §5.10 the L2 penalty ----------------------------------------------------------------------
 @pytest.mark.clause("5.10")
 @DP
-@given(case=equal_shards(MEAN), lam=LAMBDAS)
+@given(case=equal_shards(MEAN, ranks=R), lam=LAMBDAS)
 def test_l2_penalty_added_on_every_rank_counts_once_when_the_ranks_average(target, case, lam):
     engine_matches(target, case, "rank_mean", "(1/R) Σ_r ∇(L_r + (λ/2)‖θ‖²) = ∇L + λθ",
                    penalty=lam, lam=lam, penalty_ranks=(1.0,) * R)
@@ -268,7 +271,7 @@ def test_l2_penalty_added_on_every_rank_counts_once_when_the_ranks_average(targe
 
 @pytest.mark.clause("5.10")
 @DP
-@given(case=any_shards(MEAN), lam=LAMBDAS,
+@given(case=any_shards(MEAN, ranks=R), lam=LAMBDAS,
        adds=st.lists(st.booleans(), min_size=R, max_size=R).filter(any))
 def test_l2_penalty_under_a_sum_all_reduce_counts_once_per_rank_that_adds_it(
         target, case, lam, adds):
@@ -282,7 +285,7 @@ def test_l2_penalty_under_a_sum_all_reduce_counts_once_per_rank_that_adds_it(
 # -- §5.11 the global normaliser ---------------------------------------------------------------
 @pytest.mark.clause("5.11")
 @DP
-@given(case=any_shards(WEIGHTED_MEAN))
+@given(case=any_shards(WEIGHTED_MEAN, ranks=R))
 def test_weighted_mean_over_shards_with_the_global_normaliser_is_the_full_batch_gradient(
         target, case):
     engine_matches(target, case, "global_normaliser", "Σ_r ∇(Σ_(i∈r) c_i ℓ_i) / Σ_i c_i = ∇L")
@@ -290,7 +293,7 @@ def test_weighted_mean_over_shards_with_the_global_normaliser_is_the_full_batch_
 
 @pytest.mark.clause("5.11")
 @DP
-@given(case=any_shards(TOKEN_MEAN))
+@given(case=any_shards(TOKEN_MEAN, ranks=R))
 def test_token_mean_over_shards_with_the_global_token_count_is_the_full_batch_gradient(
         target, case):
     engine_matches(target, case, "global_normaliser",
@@ -303,5 +306,5 @@ def test_averaging_local_weighted_means_over_equal_shards_is_not_the_full_batch_
     """Equal shard sizes do not help when the normalisers differ: Hypothesis must find a
     weighted mean whose rank average over equal shards is not the full-batch gradient."""
     rank_average_found_to_differ(
-        target, equal_shards(WEIGHTED_MEAN), "weighted mean", "equal",
+        target, equal_shards(WEIGHTED_MEAN, ranks=R), "weighted mean", "equal",
         lambda p, sizes: f"weights {p.batch.weights}", "(1/R) Σ_r ∇L_r with local Σ c_i (≠ ∇L)")

@@ -36,10 +36,12 @@ from batchgrad_spec.updates import (
     singles,
     whole,
 )
+from reference.bounds import error_bound
 from reference.contract import implements
-from reference.grads import Grads, batch_grad, per_example_grads
-from reference.numerics import REFERENCE, error_bound, update_tolerance
-from reference.update import Optimizer, sgd_decoupled_step, train
+from reference.grads import batch_grad, per_example_grads
+from reference.numerics import REFERENCE
+from reference.types import Grads
+from reference.update import Optimizer, sgd_decoupled_step, train, update_tolerance
 
 TRAINING_CLAUSES = {"6.1", "6.2", "6.3", "6.4", "6.5", "6.6"}
 """Clauses that need the optional ``train``; §6.7 uses it only where the backend has it."""

@@ -17,11 +17,12 @@ import math
 import numpy as np
 import pytest
 
+import reference.activations as activations
 import reference.numerics as numerics
 from batchgrad_spec.session import selected_backends
-from reference.numerics import CURVATURE, ELEMENTARY_ULPS, PRECISIONS, REFERENCE, R, Rounding, gamma
+from reference.activations import ACTIVATION_NAMES, CURVATURE
+from reference.numerics import ELEMENTARY_ULPS, PRECISIONS, REFERENCE, R, Rounding, gamma
 from reference.ops import ACTIVATIONS
-from reference.problem import ACTIVATION_NAMES
 
 U32 = PRECISIONS[("float32", "strict")].u
 
@@ -37,7 +38,7 @@ def test_curvature_is_the_supremum_of_the_second_derivative(name):
     """CURVATURE[σ] bounds |σ''| on [−20, 20] and is attained within 1%: it is the sup, not a
     loose constant (σ'' by central differences of the reference slope ACTIVATIONS[σ][1])."""
     f, slope = ACTIVATIONS[name]
-    z = GRID[np.abs(GRID - numerics.KINKS.get(name, (np.inf, 0))[0]) > 2 * H]  # off the kink
+    z = GRID[np.abs(GRID - activations.KINKS.get(name, (np.inf, 0))[0]) > 2 * H]  # off the kink
 
     def s(t: np.ndarray) -> np.ndarray:
         return slope(t, f(t))
@@ -110,7 +111,7 @@ def test_elementary_functions_meet_the_assumed_accuracy_in_float32(request, fram
 @pytest.mark.parametrize("name", ACTIVATION_NAMES)
 def test_float32_activations_are_within_their_evaluation_bound(name):
     """σ and σ' evaluated in float32 by the reference formulas (the numpy backend) at exact
-    float32 arguments z stay within numerics.activation's bound for an exactly known z."""
+    float32 arguments z stay within activations.activation's bound for an exactly known z."""
     z = np.concatenate([np.linspace(-30, 30, 120_001),
                         np.random.default_rng(0).normal(0, 3, 20_000)]).astype(np.float32)
     z64 = z.astype(np.float64)
@@ -118,7 +119,7 @@ def test_float32_activations_are_within_their_evaluation_bound(name):
     a32, a64 = f(z), f(z64)
     s32, s64 = slope(z, a32), slope(z64, a64)
     exact = R(z64, np.zeros_like(z64))
-    (a_b32, s_b32), (a_b64, s_b64) = (numerics.activation(name, exact, Rounding(p))
+    (a_b32, s_b32), (a_b64, s_b64) = (activations.activation(name, exact, Rounding(p))
                                       for p in (PRECISIONS[("float32", "strict")], REFERENCE))
     assert np.all(np.abs(a32 - a64) <= a_b32.e + a_b64.e), name
     assert np.all(np.abs(s32 - s64) <= s_b32.e + s_b64.e), name
@@ -177,13 +178,13 @@ def test_activation_kernels_are_within_the_model(request, framework, name):
         pytest.skip(f"{framework} is not a selected backend")
     z = np.concatenate([np.linspace(-30, 30, 240_001),
                         np.random.default_rng(1).normal(0, 3, 20_000)]).astype(np.float32)
-    if name in numerics.KINKS:  # the slope *at* a kink is a convention: §1.5 and §4.6 test it
-        z = z[z != numerics.KINKS[name][0]]
+    if name in activations.KINKS:  # the slope *at* a kink is a convention: §1.5 and §4.6 test it
+        z = z[z != activations.KINKS[name][0]]
     z64 = z.astype(np.float64)
     value, slope = _framework_activation(framework, name)(z)
     f, df = ACTIVATIONS[name]
     exact = R(z64, np.zeros_like(z64))
-    (a32, s32), (a64, s64) = (numerics.activation(name, exact, Rounding(p))
+    (a32, s32), (a64, s64) = (activations.activation(name, exact, Rounding(p))
                               for p in (PRECISIONS[("float32", "strict")], REFERENCE))
     for what, got, want, bound in (("value", value, f(z64), a32.e + a64.e),
                                    ("slope", slope, df(z64, f(z64)), s32.e + s64.e)):

@@ -11,9 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from reference.activations import Activation
+from reference.batch import Batch
+from reference.bounds import problem_tolerance
 from reference.grads import batch_grad, per_example_grads
-from reference.numerics import tolerance
-from reference.problem import Activation, Batch, Dense, Loss, Network, Problem, Reduction
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
+from reference.problem import Problem
 
 # -- §7.5 the bound's rules for losses, normalisation, dropout and sequences ----------------------
 MIXED_KINDS = ("dense", "layernorm", "batchnorm", "batchnorm_eval", "dropout", "sequence",
@@ -27,7 +31,8 @@ def _f32(a: np.ndarray) -> np.ndarray:
 def mixed_problem(rng: np.random.Generator, kind: str) -> Problem:
     """A random problem exercising chapter 3/4 operations (``kind`` picks the layer family), every
     loss with its options, float32-exact data: the population §7.5's claims are measured on."""
-    from reference.problem import BatchNorm, Dropout, LayerNorm
+    from reference.layers import Dropout
+    from reference.norms import BatchNorm, LayerNorm
 
     n, d, h, c, t = (int(rng.integers(lo, hi)) for lo, hi in
                      ((1, 7), (1, 5), (1, 6), (2, 5), (1, 5)))
@@ -104,7 +109,7 @@ def test_float32_losses_norms_dropout_and_sequences_stay_within_the_bound(kind):
     worst = 0.0
     for _ in range(MIXED_PER_KIND):
         p = mixed_problem(rng, kind)
-        tol = tolerance(p, "float32")
+        tol = problem_tolerance(p, "float32")
         loss, grads = batch_grad(p)
         loss32, grads32 = batch_grad(p, np.float32)
         ratios = [_ratio(loss32 - loss, tol.loss)]
@@ -133,7 +138,7 @@ def test_the_float32_bound_still_sees_a_relative_error_of_one_in_a_thousand(kind
         big = max(float(np.max(np.abs(g), initial=0.0)) for g in grads.values())
         if big == 0:
             continue
-        tol = tolerance(p, "float32").batch_grads
+        tol = problem_tolerance(p, "float32").batch_grads
         total += 1
         seen += any(np.any((np.abs(g) >= big / 1024) & (1e-3 * np.abs(g) > tol[k]))
                     for k, g in grads.items())

@@ -1,6 +1,7 @@
 """Spec chapter 7: the tolerance (§7.2) and kinks within rounding (§7.3).
 
-The tolerance model of ``reference/numerics.py`` is itself under test here, in both directions:
+The tolerance model (``reference/numerics.py``, ``reference/bounds.py``) is itself under test
+here, in both directions:
 it never raises a false alarm on a correct float32 computation (§7.1, §7.2) and still catches a
 wrong gradient (§7.2), and it accepts either branch of a relu only within rounding of the kink
 (§7.3). The model's assumptions are measured in ``tests/test_ch7_kernels.py``; its rules for
@@ -17,15 +18,20 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import reference.numerics as numerics
+import reference.activations as activations
 from batchgrad_spec import harness, stats
 from batchgrad_spec.harness import Check, ClauseFailure, Target, check
 from batchgrad_spec.strategies import networks, problems
+from reference.activations import Activation
+from reference.batch import Batch
+from reference.bounds import problem_tolerance
 from reference.contract import Config
-from reference.grads import Grads, batch_grad, forward, per_example_grads
-from reference.numerics import tolerance
+from reference.grads import batch_grad, forward, per_example_grads
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
 from reference.numpy_backend import backend as numpy_backend
-from reference.problem import Activation, Batch, Dense, Loss, Network, Problem, Reduction
+from reference.problem import Problem
+from reference.types import Grads
 
 MANY = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -205,9 +211,9 @@ def test_the_tolerance_is_tight_enough_to_catch_a_1_over_n_error(dtype):
 def test_an_override_replaces_the_bound():
     p = _kink_problem()[0]
     for dtype in ("float32", "float64"):
-        derived = tolerance(p, dtype)
-        one = tolerance(p, dtype, override=1e-3)
-        both = tolerance(p, dtype, override={"loss": 2e-3, "grad": 5e-4})
+        derived = problem_tolerance(p, dtype)
+        one = problem_tolerance(p, dtype, override=1e-3)
+        both = problem_tolerance(p, dtype, override={"loss": 2e-3, "grad": 5e-4})
         assert one.loss == 1e-3 and np.all(one.losses == 1e-3)
         assert both.loss == 2e-3 and np.all(both.losses == 2e-3)
         for k, v in derived.batch_grads.items():
@@ -295,7 +301,7 @@ def test_without_the_kink_term_the_float32_branch_is_a_false_alarm(monkeypatch):
         (_, grads), (_, per_ex), (_, ref_grads), (_, ref_per_ex) = float32_and_reference(c)
         tol = c.tol()
         assert not caught(c, grads, ref_grads, tol.batch_grads, what="∇L")
-        monkeypatch.setattr(numerics, "KINKS", {})
-        no_kink = tolerance(c.problem, "float32")
+        monkeypatch.setattr(activations, "KINKS", {})
+        no_kink = problem_tolerance(c.problem, "float32")
         assert caught(c, grads, ref_grads, no_kink.batch_grads, what="∇L without KINKS")
         assert caught(c, per_ex, ref_per_ex, no_kink.grads, what="g_i without KINKS")

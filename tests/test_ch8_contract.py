@@ -48,7 +48,7 @@ def test_unknown_backend_is_a_clear_error():
         load_backend("reference.numpy_backend:missing", BUILTINS)
     with pytest.raises(BackendError, match=r"does not implement the contract: missing .*"
                                            r"loss_and_grad"):
-        load_backend("reference.problem:ACTIVATION_NAMES", BUILTINS)
+        load_backend("reference.activations:ACTIVATION_NAMES", BUILTINS)
     assert load_backend("reference.numpy_backend:NumpyBackend").name == "numpy"  # a class
     assert load_backend("numpy", BUILTINS).name == "numpy"
 

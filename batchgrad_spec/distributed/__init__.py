@@ -28,7 +28,6 @@ from typing import Protocol
 import numpy as np
 
 from reference.contract import Config
-from reference.grads import Grads
 from reference.numpy_backend import NumpyBackend
 from reference.parallel import (
     AVERAGING,
@@ -41,6 +40,7 @@ from reference.parallel import (
     summed_scales,
 )
 from reference.problem import Problem
+from reference.types import Grads
 
 WORLD_SIZE = 3
 """R, the number of ranks: 3, so that N examples split into shards of unequal sizes whenever
@@ -113,7 +113,7 @@ def _scales(job: Job, parts: list[Problem]) -> tuple[list[float], float]:
         return rank_mean_scales(r), d
     if job.scheme == "count_weighted":
         return count_weighted_scales(parts), d
-    if job.scheme == "global_normaliser":  # reference.parallel.plan forms these inline
+    if job.scheme == "global_normaliser":  # reference.parallel.data_parallel forms these inline
         return [1.0 / float(np.sum([normaliser(p) for p in parts]))] * r, d
     return summed_scales(r), d
 

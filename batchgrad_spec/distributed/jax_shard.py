@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from reference.grads import Grads
 from reference.parallel import normaliser, shards, sum_type
 from reference.problem import Problem
+from reference.types import Grads
 
 from . import Job
 from .lifecycle import PooledEngine

@@ -25,8 +25,9 @@ from dataclasses import replace
 import numpy as np
 
 from reference.accumulation import Accumulation, accumulate
-from reference.contract import Config, Grads
+from reference.contract import Config
 from reference.problem import Problem
+from reference.types import Grads
 
 from .base import Faulty
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from reference.contract import Config, Grads
+from reference.contract import Config
 from reference.grads import combine
 from reference.numpy_backend import NumpyBackend
 from reference.problem import Problem
+from reference.types import Grads
 
 __all__ = ["Fault", "Faulty", "PerExample", "lazy_attributes", "reduced"]
 

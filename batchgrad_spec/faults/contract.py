@@ -14,9 +14,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from reference.contract import Config, Grads
+from reference.contract import Config
 from reference.grads import batch_grad
 from reference.problem import Problem
+from reference.types import Grads
 
 from .base import Faulty, PerExample
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from reference.problem import Dense, Problem
+from reference.layers import Dense
+from reference.problem import Problem
 
 __all__ = ["CH1", "CH2", "CH3", "GALLERY", "PENDING", "Bug", "describe", "property_test"]
 

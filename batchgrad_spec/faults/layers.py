@@ -29,11 +29,12 @@ from unittest import mock
 
 import numpy as np
 
-from reference import grads as reference_grads
-from reference.contract import Config, Grads
+from reference import norms as reference_norms
+from reference.contract import Config
 from reference.grads import batch_grad
 from reference.ops import ACTIVATIONS, LEAKY_SLOPE, vjp_normalize
 from reference.problem import Problem
+from reference.types import Grads
 
 from .base import Faulty, PerExample
 
@@ -71,7 +72,7 @@ class BNDetachedStatistics(_Patched):
     fault = "BatchNorm batch statistics detached in backward"
 
     def patched(self) -> contextlib.AbstractContextManager[object]:
-        return mock.patch.object(reference_grads, "vjp_normalize", _detached_vjp_normalize)
+        return mock.patch.object(reference_norms, "vjp_normalize", _detached_vjp_normalize)
 
 
 class BNBatchOfOnePerExample(Faulty):

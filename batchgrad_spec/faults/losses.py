@@ -22,8 +22,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from reference.contract import Config, Grads
-from reference.problem import Loss, Problem
+from reference.contract import Config
+from reference.losses import Loss
+from reference.problem import Problem
+from reference.types import Grads
 
 from .base import Faulty, PerExample
 

@@ -13,10 +13,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from reference.contract import Config, Grads
+from reference.activations import Activation
+from reference.contract import Config
 from reference.grads import loss_data
+from reference.layers import Dense, Network
 from reference.ops import ACTIVATIONS, LOSSES
-from reference.problem import Activation, Dense, Network, Problem
+from reference.problem import Problem
+from reference.types import Grads
 
 from .base import Faulty, PerExample, reduced
 

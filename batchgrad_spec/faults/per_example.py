@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from reference.contract import Config, Grads
+from reference.contract import Config
 from reference.grads import combine, per_example_grads
 from reference.problem import Problem
+from reference.types import Grads
 
 from .base import Faulty, PerExample
 

@@ -18,9 +18,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from reference.contract import Config, Grads
+from reference.contract import Config
 from reference.numpy_backend import NumpyBackend
 from reference.problem import Problem
+from reference.types import Grads
 
 from .operations import MLP
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from reference.contract import Config, Grads
+from reference.contract import Config
 from reference.grads import batch_grad
 from reference.problem import Problem
+from reference.types import Grads
 
 from .base import Fault, Faulty, lazy_attributes
 

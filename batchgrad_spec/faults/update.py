@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from reference.contract import Config, Grads
+from reference.batch import Batch
+from reference.contract import Config
 from reference.grads import per_example_grads
-from reference.problem import Batch, Problem
+from reference.problem import Problem
+from reference.types import Grads
 from reference.update import Optimizer, State, gradient, step
 
 from .base import Fault, Faulty, lazy_attributes

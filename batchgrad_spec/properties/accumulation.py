@@ -1,5 +1,5 @@
 """Chapter 5's gradient-accumulation properties that the meta-tests run too (§5.1, §5.2, §5.4),
-and what every accumulation test shares: micro-batch splits, the check that calls a backend's
+and what every accumulation test shares: the check that calls a backend's
 ``accumulate``, and the comparison of its G with the whole batch's gradient. See
 ``batchgrad_spec.properties``; the other accumulation tests are in
 ``tests/test_ch5_accumulation.py``.
@@ -23,70 +23,34 @@ from hypothesis import strategies as st
 from reference.accumulation import (
     Accumulation,
     accumulate,
+    accumulation_tolerance,
     count_weighted,
     full_batch_gradient,
     full_batch_tolerance,
     global_normaliser,
-    tolerance,
     with_l2,
 )
 from reference.contract import BackendError, checked_accumulate
-from reference.grads import Grads
 from reference.problem import Problem
+from reference.types import Grads
 
 from ..harness import Check, Target
-from ..strategies import loss_problems, problems
+from ..strategies import loss_problems, problems, splits
 
 __all__ = [
     "LAMBDAS",
-    "MAX_PARTS",
     "MEAN",
     "TOKENS",
     "AccumulationCheck",
     "Scheme",
-    "cases",
     "split_matches_full_batch",
-    "splits",
     "test_an_l2_penalty_added_once_per_step_contributes_lambda_theta_whatever_k",
     "test_micro_batch_means_weighted_by_n_k_over_n_accumulate_to_the_full_batch_mean_gradient",
     "test_token_level_accumulation_divides_summed_token_losses_by_the_whole_batch_token_count",
 ]
 
-MAX_PARTS = 4
-"""Micro-batches per step: K in 1..4 (N ≤ 8 examples, ≤ 4 sequences)."""
-
 Scheme = Callable[[Problem, tuple[int, ...]], Accumulation]
 """An accumulation scheme: the plan it makes of a problem split into micro-batches of sizes."""
-
-
-# -- micro-batch splits ---------------------------------------------------------------------------
-def splits(n: int, *, equal: bool = False, min_parts: int = 1,
-           max_parts: int = MAX_PARTS) -> st.SearchStrategy[tuple[int, ...]]:
-    """Sizes (n_1..n_K) of consecutive micro-batches of a batch of ``n``: K in
-    [min_parts, max_parts], any composition of n, or (``equal``) K dividing n with n_k = n/K.
-    Shrinks towards few micro-batches, the first ones small."""
-    top = min(n, max_parts)
-    if n == 1:
-        return st.just((1,))
-    if equal:
-        ks = [k for k in range(max(min_parts, 1), top + 1) if n % k == 0]
-        return st.sampled_from(ks).map(lambda k: (n // k,) * k)
-
-    @st.composite
-    def build(draw: st.DrawFn) -> tuple[int, ...]:
-        k = draw(st.integers(min(min_parts, top), top))
-        cuts = sorted(draw(st.sets(st.integers(1, n - 1), min_size=k - 1, max_size=k - 1)))
-        bounds = [0, *cuts, n]
-        return tuple(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-
-    return build()
-
-
-def cases(problem_strategy: st.SearchStrategy[Problem], *, equal: bool = False,
-          min_parts: int = 2) -> st.SearchStrategy[tuple[Problem, tuple[int, ...]]]:
-    """(problem, sizes): for ``hypothesis.find``, which searches one strategy."""
-    return problem_strategy.flatmap(lambda p: st.tuples(
-        st.just(p), splits(p.batch.size, equal=equal, min_parts=min_parts)))
 
 
 # -- the check ------------------------------------------------------------------------------------
@@ -133,7 +97,7 @@ class AccumulationCheck(Check):
         g = self.accumulate(plan, method)
         cfg = self.target.config
         self.close(g, accumulate(self.problem, plan),
-                   tolerance(self.problem, plan, cfg.dtype, cfg.precision, method),
+                   accumulation_tolerance(self.problem, plan, cfg.dtype, cfg.precision, method),
                    what=f"{what} (the scheme's own value)",
                    expect=f"accumulate(problem, {plan!r})")
         full = full_batch_gradient(self.problem, plan)

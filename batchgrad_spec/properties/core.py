@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 
-from reference.grads import Grads, per_example_grads
+from reference.grads import per_example_grads
+from reference.types import Grads
 
 from ..harness import Check, check, reduction_identity
 from ..strategies import problems

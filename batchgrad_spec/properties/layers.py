@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import assume, given
 
-from reference.contract import Undefined
 from reference.grads import batch_grad, combine, per_example_grads
+from reference.types import Undefined
 
 from ..harness import BATCH_CALL, PER_EXAMPLE_CALL, Check, check
 from ..strategies import layer_problems, networks, problems

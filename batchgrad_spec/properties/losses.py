@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 from hypothesis import Phase, given, settings
 
+from reference.batch import Batch
+from reference.bounds import error_bound
 from reference.grads import batch_grad, combine, forward, per_example_grads
-from reference.numerics import REFERENCE, error_bound, precision
+from reference.losses import Reduction
+from reference.numerics import REFERENCE, precision
 from reference.ops import log_softmax
-from reference.problem import Batch, Problem, Reduction
+from reference.problem import Problem
 
 from ..harness import Check, check
 from ..strategies import loss_problems

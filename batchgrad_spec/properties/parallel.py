@@ -17,14 +17,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference.grads import Grads, batch_grad
-from reference.numerics import REFERENCE, error_bound
-from reference.parallel import Plan, plan
+from reference.bounds import error_bound
+from reference.grads import batch_grad
+from reference.numerics import REFERENCE
+from reference.parallel import Combination, data_parallel
 from reference.problem import Problem
+from reference.types import Grads
 
 from ..distributed import WORLD_SIZE, Engine, EngineError, Job, engine_for
 from ..harness import Check, Target
-from ..strategies import loss_problems, problems
+from ..strategies import any_shards, equal_shards, loss_problems, problems
 
 __all__ = [
     "DP",
@@ -38,12 +40,10 @@ __all__ = [
     "UNEQUAL",
     "WEIGHTED_MEAN",
     "DPCheck",
-    "any_shards",
     "compare",
     "engine_call",
     "engine_matches",
     "engine_of",
-    "equal_shards",
     "examples",
     "full_tolerance",
     "test_count_weighted_all_reduce_over_any_shards_is_the_full_batch_gradient",
@@ -77,35 +77,6 @@ def engine_of(target: Target) -> Engine:
     if target.spec in INJECTED:
         return INJECTED[target.spec]
     return engine_for(target.backend.name, target.config.device)
-
-
-# -- strategies --------------------------------------------------------------------------------
-def _sizes(n: int, cuts: list[int]) -> tuple[int, ...]:
-    bounds = [0, *sorted(cuts), n]
-    return tuple(int(b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-
-
-@st.composite
-def equal_shards(draw: st.DrawFn, problem_strategy: st.SearchStrategy[Problem]
-                 ) -> tuple[Problem, tuple[int, ...]]:
-    """A problem with N = R·n examples (the drawn batch cut to a multiple of R), n per rank."""
-    p = draw(problem_strategy)
-    n = p.batch.size // R * R
-    return p.with_batch(p.batch.take(np.arange(n))), (n // R,) * R
-
-
-@st.composite
-def any_shards(draw: st.DrawFn, problem_strategy: st.SearchStrategy[Problem], *,
-               unequal: bool = False) -> tuple[Problem, tuple[int, ...]]:
-    """A problem and R consecutive shards of any sizes ≥ 1 (``unequal``: not all the same)."""
-    p = draw(problem_strategy)
-    n = p.batch.size
-    if unequal and n % R == 0:  # n >= 2R here (UNEQUAL draws N > R), so n - 1 > R
-        n -= 1
-        p = p.with_batch(p.batch.take(np.arange(n)))
-    cuts = draw(st.lists(st.integers(1, n - 1), min_size=R - 1, max_size=R - 1, unique=True),
-                label="cuts")
-    return p, _sizes(n, cuts)
 
 
 MEAN = problems(reductions=("mean",), min_batch=R, max_batch=4 * R)
@@ -145,11 +116,11 @@ def engine_call(c: Check, job: Job) -> str:
             f"sizes={job.sizes!r}, scheme={job.scheme!r}{extra}))")
 
 
-def full_tolerance(c: Check, pl: Plan, factor: float = 1.0) -> dict[str, np.ndarray]:
+def full_tolerance(c: Check, pl: Combination, factor: float = 1.0) -> dict[str, np.ndarray]:
     """The plan's tolerance, plus the float64 reference's own bound on the whole batch's
     gradient (times ``factor``): the expected value is computed from the whole batch, not from
     the parts (spec §7.2)."""
-    tol = pl.tolerance(c.target.config.dtype, c.target.config.precision)
+    tol = pl.combination_tolerance(c.target.config.dtype, c.target.config.precision)
     whole = error_bound(c.problem, REFERENCE).batch_grads
     return {k: v + abs(factor) * whole[k] for k, v in tol.items()}
 
@@ -193,7 +164,8 @@ def engine_matches(target: Target, case: tuple[Problem, tuple[int, ...]], scheme
     problem, sizes = case
     with DPCheck(target, problem) as c:
         job = Job(c.problem, target.config.dtype, sizes, scheme, lam, penalty_ranks)
-        pl = plan(c.problem, sizes, computes or scheme, lam=lam, penalty_ranks=penalty_ranks)
+        pl = data_parallel(c.problem, sizes, computes or scheme, lam=lam,
+                           penalty_ranks=penalty_ranks)
         full = batch_grad(c.problem)[1]
         expected, expect = full, "batch_grad(problem)[1]"
         if times != 1:
@@ -209,13 +181,13 @@ def engine_matches(target: Target, case: tuple[Problem, tuple[int, ...]], scheme
 # -- the properties the meta-tests run too ---------------------------------------------------------
 @pytest.mark.clause("5.6")
 @DP
-@given(case=equal_shards(MEAN))
+@given(case=equal_shards(MEAN, ranks=R))
 def test_rank_averaged_gradient_over_equal_shards_is_the_full_batch_gradient(target, case):
     engine_matches(target, case, "rank_mean", "(1/R) Σ_r ∇L_r over equal shards = ∇L")
 
 
 @pytest.mark.clause("5.7")
 @DP
-@given(case=any_shards(MEAN))
+@given(case=any_shards(MEAN, ranks=R))
 def test_count_weighted_all_reduce_over_any_shards_is_the_full_batch_gradient(target, case):
     engine_matches(target, case, "count_weighted", "Σ_r (N_r/N) ∇L_r = ∇L")

@@ -14,15 +14,9 @@ from batchgrad_spec.strategies._validation import check_instance, check_range, f
 from batchgrad_spec.strategies.layer import dropout_masks
 from batchgrad_spec.strategies.loss import CE, VARIANCE_RANGE, check_ignored
 from batchgrad_spec.strategies.value import MAX_BATCH, MAX_LENGTH, float32_range, floats
-from reference.problem import (
-    CORE_LOSSES,
-    CORE_REDUCTIONS,
-    Batch,
-    Dropout,
-    Loss,
-    Network,
-    Reduction,
-)
+from reference.batch import Batch
+from reference.layers import Dropout, Network
+from reference.losses import CORE_LOSSES, CORE_REDUCTIONS, Loss, Reduction
 
 __all__ = ["batches", "loss_batches", "sequence_batches"]
 

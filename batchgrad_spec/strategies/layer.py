@@ -18,7 +18,8 @@ from hypothesis.extra import numpy as hnp
 
 from batchgrad_spec.strategies._validation import check_instance
 from batchgrad_spec.strategies.value import MAX_BATCH, float32_range, floats
-from reference.problem import NORMS, BatchNorm, Dense, Dropout, Layer, LayerNorm, Network
+from reference.layers import NORMS, Dense, Dropout, Layer, Network
+from reference.norms import BatchNorm, LayerNorm
 
 __all__ = [
     "LAYER_KINDS",

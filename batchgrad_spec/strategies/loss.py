@@ -10,7 +10,7 @@ from hypothesis.errors import InvalidArgument
 
 from batchgrad_spec.strategies._validation import check_names, flag
 from batchgrad_spec.strategies.value import MAX_WIDTH
-from reference.problem import CORE_REDUCTIONS, LOSS_NAMES, REDUCTION_NAMES, Loss, Reduction
+from reference.losses import CORE_REDUCTIONS, LOSS_NAMES, REDUCTION_NAMES, Loss, Reduction
 
 __all__ = [
     "CLASS_WEIGHTS",

@@ -24,15 +24,8 @@ from batchgrad_spec.strategies.layer import (
     norm_parameters,
 )
 from batchgrad_spec.strategies.value import MAX_DEPTH, MAX_WIDTH, floats
-from reference.problem import (
-    ACTIVATION_NAMES,
-    CORE_ACTIVATIONS,
-    NORMS,
-    Activation,
-    Dense,
-    Layer,
-    Network,
-)
+from reference.activations import ACTIVATION_NAMES, CORE_ACTIVATIONS, Activation
+from reference.layers import NORMS, Dense, Layer, Network
 
 __all__ = ["layer_networks", "networks", "parameters"]
 

@@ -16,16 +16,16 @@ from batchgrad_spec.strategies.loss import CE, check_ce_flag, check_ignored
 from batchgrad_spec.strategies.loss import losses as loss_options
 from batchgrad_spec.strategies.network import layer_networks, networks, parameters
 from batchgrad_spec.strategies.value import MAX_BATCH, MAX_LENGTH, floats
-from reference.problem import (
+from reference.layers import Network
+from reference.losses import (
     CORE_LOSSES,
     CORE_REDUCTIONS,
     LOSS_NAMES,
     REDUCTION_NAMES,
     Loss,
-    Network,
-    Problem,
     Reduction,
 )
+from reference.problem import Problem
 
 __all__ = ["layer_problems", "loss_problems", "problems"]
 

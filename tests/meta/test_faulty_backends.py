@@ -1,6 +1,6 @@
 """The property suite catches wrong backends, each by the clause it violates.
 
-Every backend of ``batchgrad_spec/faults/core.py`` is run through the property test of the clause
+Every backend of ``batchgrad_spec/faults/`` is run through the property test of the clause
 that
 should catch it, with the ``ci`` Hypothesis profile (derandomised, so the examples — and the
 numbers printed here — are the same on every run). Each case asserts that

@@ -4,8 +4,9 @@
 a
 GPU does with ``allow_tf32 = True``). Under the strict float32 tolerance it must fail the mean
 identity §2.1 — strict mode catches TF32 — and under the ``tf32`` tolerance it must pass the
-same property on the same (derandomised) examples: the tf32 bound of ``reference/numerics.py``
-covers TF32 arithmetic. The TF32 model itself is checked directly on inner products.
+same property on the same (derandomised) examples: the tf32 bound of ``reference.numerics``
+(its precision modes) covers TF32 arithmetic. The TF32 model itself is checked directly on
+inner products.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 numpy has no erf, so ``reference.ops.erfc`` is the reference's own: it is checked here against
 ``math.erfc`` (the C library's, itself within ~5e-16) on a dense grid, at the joins of its
-methods and at the special values; and the work ``tolerance`` does is checked not to repeat the
-reference's per-example gradients (benchmarks/README.md has the timings).
+methods and at the special values; and the work ``problem_tolerance`` does is checked not to repeat
+the reference's per-example gradients (benchmarks/README.md has the timings).
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference import grads, numerics
-from reference.numerics import tolerance
+from reference import bounds, grads, numerics
+from reference.activations import Activation
+from reference.batch import Batch
+from reference.bounds import problem_tolerance
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
 from reference.ops import ERFC_STEP, ERFC_TAYLOR_END, SQRT_HALF, erfc, normal_cdf
-from reference.problem import Activation, Batch, Dense, Loss, Network, Problem, Reduction
+from reference.problem import Problem
 
 pytestmark = [pytest.mark.meta, pytest.mark.clause("1.5")]
 
@@ -112,8 +116,8 @@ def _problem() -> Problem:
 
 
 def test_a_tolerance_needs_no_reference_gradients(monkeypatch):
-    """``tolerance`` adds two bounds (backend's and reference's precision); the bound runs on
-    its own R arithmetic (values and |terms| included), so it never calls the reference's
+    """``problem_tolerance`` adds two bounds (backend's and reference's precision); the bound runs
+    on its own R arithmetic (values and |terms| included), so it never calls the reference's
     gradient routines — which would fail for coupled problems (spec §4.3)."""
     calls = []
 
@@ -124,11 +128,11 @@ def test_a_tolerance_needs_no_reference_gradients(monkeypatch):
     monkeypatch.setattr(grads, "per_example_grads", counting)
     monkeypatch.setattr(grads, "batch_grad", counting)
     p = _problem()
-    tol = tolerance(p, "float32")
+    tol = problem_tolerance(p, "float32")
     assert calls == []
     # and the bounds are those of computing it afresh for each precision
-    fresh = (numerics.error_bound(p, numerics.precision("float32"))
-             + numerics.error_bound(p, numerics.REFERENCE))
+    fresh = (bounds.error_bound(p, numerics.precision("float32"))
+             + bounds.error_bound(p, numerics.REFERENCE))
     assert fresh.loss == tol.loss
     for k in p.params:
         assert np.array_equal(fresh.grads[k], tol.grads[k])

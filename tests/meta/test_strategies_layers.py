@@ -22,10 +22,13 @@ from batchgrad_spec.strategies import (
     problems,
     reaches,
 )
-from reference.contract import Undefined
+from reference.activations import CORE_ACTIVATIONS as _CORE_ACTS
+from reference.activations import Activation
 from reference.grads import batch_grad, forward, per_example_grads
-from reference.problem import CORE_ACTIVATIONS as _CORE_ACTS
-from reference.problem import Activation, BatchNorm, Dense, Dropout, LayerNorm, Network, Problem
+from reference.layers import Dense, Dropout, Network
+from reference.norms import BatchNorm, LayerNorm
+from reference.problem import Problem
+from reference.types import Undefined
 
 pytestmark = pytest.mark.meta
 

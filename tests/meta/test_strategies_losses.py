@@ -20,8 +20,10 @@ from batchgrad_spec.strategies import (
     reaches,
 )
 from reference.grads import batch_grad, forward, per_example_grads, per_example_losses
-from reference.problem import LOSS_NAMES as _LOSS_NAMES
-from reference.problem import Dense, Loss, Network, Problem, Reduction
+from reference.layers import Dense, Network
+from reference.losses import LOSS_NAMES as _LOSS_NAMES
+from reference.losses import Loss, Reduction
+from reference.problem import Problem
 
 pytestmark = pytest.mark.meta
 

@@ -12,9 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from batchgrad_spec.strategies import MAX_BATCH, MAX_DEPTH, MAX_WIDTH, problems
+from reference.activations import Activation
+from reference.batch import Batch
 from reference.grads import batch_grad, forward, per_example_grads
+from reference.layers import Dense, Network
+from reference.losses import Loss, Reduction
 from reference.ops import ACTIVATIONS
-from reference.problem import Activation, Batch, Dense, Loss, Network, Problem, Reduction
+from reference.problem import Problem
 
 pytestmark = pytest.mark.meta
 

@@ -8,18 +8,11 @@ import numpy as np
 import pytest
 
 from batchgrad_spec.strategies import MAX_DEPTH, minimal, networks, problems, reaches
+from reference.activations import CORE_ACTIVATIONS, Activation
 from reference.grads import forward
-from reference.problem import (
-    CORE_ACTIVATIONS,
-    CORE_LOSSES,
-    CORE_REDUCTIONS,
-    Activation,
-    Dense,
-    Loss,
-    Network,
-    Problem,
-    Reduction,
-)
+from reference.layers import Dense, Network
+from reference.losses import CORE_LOSSES, CORE_REDUCTIONS, Loss, Reduction
+from reference.problem import Problem
 
 pytestmark = pytest.mark.meta
 

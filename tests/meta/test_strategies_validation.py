@@ -34,7 +34,8 @@ from batchgrad_spec.strategies import (
     split_cases,
     splits,
 )
-from reference.problem import Dense, Dropout, Loss, Network, Reduction
+from reference.layers import Dense, Dropout, Network
+from reference.losses import Loss, Reduction
 
 pytestmark = pytest.mark.meta
 

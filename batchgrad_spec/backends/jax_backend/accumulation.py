@@ -33,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reference.contract import Config, Grads
+from reference.contract import Config
 from reference.problem import Problem
+from reference.types import Grads
 
 from .buckets import bucket
 from .compilation import TRACES

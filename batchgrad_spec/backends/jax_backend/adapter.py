@@ -26,8 +26,10 @@ import jax
 import numpy as np
 import optax
 
-from reference.contract import Config, Grads, Undefined
-from reference.problem import Batch, Problem
+from reference.batch import Batch
+from reference.contract import Config
+from reference.problem import Problem
+from reference.types import Grads, Undefined
 
 from . import accumulation, update
 from .buckets import pad, unpad

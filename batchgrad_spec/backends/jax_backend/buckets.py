@@ -45,8 +45,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reference.contract import Grads
-from reference.problem import REDUCTION_NAMES, Dense, Layer, Network, Problem
+from reference.layers import Dense, Layer, Network
+from reference.losses import REDUCTION_NAMES
+from reference.problem import Problem
+from reference.types import Grads
 
 from .layers import Buffers, Site, rule
 from .ops import IDENTITY
@@ -65,7 +67,7 @@ MIN_SLOTS = 4
 """Smallest number of slots (activations, norms, dropouts) per run: an activation plus up to
 three layers of chapter 4 share one bucket (4 slots cost ~0.07 ms a call more than 2)."""
 MIN_TOKENS = 4
-"""Smallest token bucket of sequence batches (batchgrad_spec/strategies.py draws T ≤ 4); batches of
+"""Smallest token bucket of sequence batches (batchgrad_spec.strategies draws T ≤ 4); batches of
 single examples have one token per example (Tb = 1)."""
 
 

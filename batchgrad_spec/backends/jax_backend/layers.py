@@ -24,17 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reference.contract import Grads
-from reference.problem import (
-    ACTIVATION_NAMES,
-    Activation,
-    BatchNorm,
-    Dense,
-    Dropout,
-    Layer,
-    LayerNorm,
-    Problem,
-)
+from reference.activations import ACTIVATION_NAMES, Activation
+from reference.layers import Dense, Dropout, Layer
+from reference.norms import BatchNorm, LayerNorm
+from reference.problem import Problem
+from reference.types import Grads
 
 from .ops import ACTIVATIONS, IDENTITY, dense, dropout, normalize
 from .padded import NORM_STATS, SLOT_KINDS, Params

@@ -23,7 +23,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from reference.problem import ACTIVATION_NAMES, NORM_EPS
+from reference.activations import ACTIVATION_NAMES
+from reference.norms import NORM_EPS
 
 __all__ = ["ACTIVATIONS", "HIGHEST", "IDENTITY", "dense", "dropout", "normalize"]
 

@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from reference.problem import ACTIVATION_NAMES, REDUCTION_NAMES
+from reference.activations import ACTIVATION_NAMES
+from reference.losses import REDUCTION_NAMES
 
 from .compilation import TRACES, jit_per_platform
 from .losses import ELEMENTWISE, safe_mean, smoothed_cross_entropy

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reference.problem import Network, Problem
+from reference.layers import Network
+from reference.problem import Problem
 
 from .compilation import TRACES
 from .layers import rule
@@ -122,7 +123,7 @@ plain_batch, plain_vmap, plain_single = _plain_batch, _plain_vmap, _plain_single
 PLAIN_CACHE_LIMIT = 64
 """The unpadded programs compiled between two clearings of their jit caches. Every problem
 compiles its own programs and jit keeps each executable: ``BATCHGRAD_JAX_BUCKETS=0`` on
-tests/test_ch3_losses.py and tests/test_ch4_layers.py (≈1,750 programs) grew to 3.7 GB and died
+the chapter 3 and 4 tests (≈1,750 programs) grew to 3.7 GB and died
 twice in a segmentation fault inside a jitted call; bounded, it stays under 1 GB and passes."""
 _PLAIN_CLEARED = collections.Counter()
 

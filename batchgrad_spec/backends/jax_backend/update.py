@@ -16,8 +16,10 @@ import jax
 import numpy as np
 import optax
 
-from reference.contract import Config, Grads
-from reference.problem import Batch, Problem
+from reference.batch import Batch
+from reference.contract import Config
+from reference.problem import Problem
+from reference.types import Grads
 
 from .devices import check
 

@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from reference.contract import Config, Grads
-from reference.problem import Batch, Problem
+from reference.batch import Batch
+from reference.contract import Config
+from reference.problem import Problem
+from reference.types import Grads
 
 from . import per_example as _per_example
 from . import training

@@ -31,16 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reference.activations import Activation
 from reference.contract import Config
-from reference.problem import (
-    NORM_EPS,
-    Activation,
-    BatchNorm,
-    Dense,
-    Dropout,
-    LayerNorm,
-    Problem,
-)
+from reference.layers import Dense, Dropout
+from reference.norms import NORM_EPS, BatchNorm, LayerNorm
+from reference.problem import Problem
 
 __all__ = ["SOFTPLUS_THRESHOLD", "MaskDropout", "Net", "activation", "batch_of_one",
            "build_model", "train_mode_batchnorm"]

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from reference.contract import Config, Grads, Undefined
+from reference.contract import Config
 from reference.problem import Problem
+from reference.types import Grads, Undefined
 
 from .data import extra_tensors, map_extra, tensors, to_numpy
 from .losses import per_example_loss

@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
-from reference.contract import Config, Grads
-from reference.problem import Batch, Problem
+from reference.batch import Batch
+from reference.contract import Config
+from reference.problem import Problem
+from reference.types import Grads
 
 from .data import extra_tensors, tensors, to_numpy
 from .losses import reduced_loss

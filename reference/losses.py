@@ -1,0 +1,256 @@
+"""Losses and reductions as units: ℓ_i of each loss, the reduction's κ_i with L = Σ κ_i ℓ_i, and
+their error model (spec §1.1, §1.2, chapter 3, §7.1).
+
+The value and VJP rules of each loss on rows of outputs are in ``reference.ops.LOSSES``; this
+room holds the descriptions (``Loss``, ``Reduction``) and the bound rules: ``loss_bound`` (ℓ and
+∂ℓ/∂f of each row, with error bounds) and ``coefficient_error`` (the relative error of the
+computed κ_i).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .activations import activation
+from .batch import Batch
+from .numerics import R, Rounding, gamma
+from .ops import sigmoid, smoothed_targets
+from .types import ProblemError
+
+__all__ = [
+    "CORE_LOSSES", "CORE_REDUCTIONS", "ELEMENTWISE_LOSSES", "LOSS_NAMES", "REDUCTION_NAMES",
+    "Loss", "Reduction", "coefficient_error", "loss_bound", "rows",
+]
+
+LOSS_NAMES = ("squared_error", "softmax_cross_entropy", "bce_with_logits", "huber",
+              "gaussian_nll")
+REDUCTION_NAMES = ("mean", "sum", "weighted", "weighted_mean", "sequence_mean")
+CORE_LOSSES = LOSS_NAMES[:2]
+CORE_REDUCTIONS = REDUCTION_NAMES[:4]
+"""The chapter-2 vocabulary (spec 0.1.0): what the default strategies draw. Chapters 3 and 4 opt
+in to the rest."""
+ELEMENTWISE_LOSSES = ("squared_error", "bce_with_logits", "huber", "gaussian_nll")
+"""Losses applied to each of the D outputs and averaged over them: targets are float (·, D)."""
+
+
+def rows(x: np.ndarray, lead: int) -> np.ndarray:
+    """(N, [T,] ...) → (rows, ...): examples, or tokens of a sequence batch, as rows."""
+    return x.reshape((-1,) + x.shape[lead:])
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Per-example loss ℓ_i (spec §1.1, chapter 3): the framework's ``reduction="none"`` value.
+
+    Elementwise losses act on each of the D outputs (residual r = f − y) and are averaged over D:
+      squared_error    ℓ = (1/D) Σ_d r_d²
+      bce_with_logits  ℓ = (1/D) Σ_d max(f_d, 0) − f_d y_d + log(1 + e^{−|f_d|}),  y ∈ [0, 1]
+      huber            ℓ = (1/D) Σ_d h_δ(r_d),  h_δ(r) = ½r² (|r| ≤ δ), δ(|r| − ½δ) otherwise
+      gaussian_nll     ℓ = (1/D) Σ_d ½(log v_d + r_d²/v_d),  variances v from ``batch.variances``
+    softmax_cross_entropy, with class weights w (default 1), label smoothing ε and targets q:
+      ℓ_i = −Σ_k w_k q̃_ik log softmax(f_i)_k,   q̃_i = (1 − ε) q_i + ε/C
+    where q_i = e_{y_i} for an integer label (ℓ_i = 0 when y_i = ignore_index) or the given
+    probability row (soft targets). For sequences ℓ_i is the sum over the valid tokens (§3.7).
+    """
+
+    name: str
+    class_weights: tuple[float, ...] | None = None
+    ignore_index: int | None = None
+    label_smoothing: float = 0.0
+    delta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in LOSS_NAMES:
+            raise ProblemError(f"Loss({self.name!r}): unknown loss; choose one of {LOSS_NAMES}")
+        ce = self.name == "softmax_cross_entropy"
+        if not ce and (self.class_weights is not None or self.ignore_index is not None
+                       or self.label_smoothing != 0.0):
+            raise ProblemError(f"{self!r}: class_weights, ignore_index and label_smoothing "
+                               f"belong to softmax_cross_entropy only")
+        if self.name != "huber" and self.delta != 1.0:
+            raise ProblemError(f"{self!r}: delta belongs to huber only")
+        if self.class_weights is not None:
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+            if min(self.class_weights) < 0:
+                raise ProblemError(f"{self!r}: class weights must be >= 0")
+        if not 0.0 <= self.label_smoothing <= 1.0:
+            raise ProblemError(f"{self!r}: label_smoothing must lie in [0, 1]")
+        if not self.delta > 0:
+            raise ProblemError(f"{self!r}: delta must be > 0")
+
+    @property
+    def elementwise(self) -> bool:
+        return self.name in ELEMENTWISE_LOSSES
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.class_weights is not None:
+            extra += f", class_weights={self.class_weights!r}"
+        if self.ignore_index is not None:
+            extra += f", ignore_index={self.ignore_index!r}"
+        if self.label_smoothing:
+            extra += f", label_smoothing={self.label_smoothing!r}"
+        if self.delta != 1.0:
+            extra += f", delta={self.delta!r}"
+        return f"Loss({self.name!r}{extra})"
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """How per-example losses become the batch loss L = Σ κ_i ℓ_i (spec §1.2, §3.1).
+
+    mean: L = Σ ℓ_i / Σ ω_i, ω_i the count of example i (``Problem.counts``: 1, or w_{y_i} for
+    weighted cross-entropy, 0 for an ignored label, the valid tokens of a sequence)
+    sum: L = Σ ℓ_i    weighted: L = Σ c_i ℓ_i    weighted_mean: L = Σ c_i ℓ_i / Σ c_i
+    sequence_mean: L = (1/N) Σ_i ℓ_i / T_i (sequences; T_i valid tokens of sequence i)
+    """
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.name not in REDUCTION_NAMES:
+            raise ProblemError(
+                f"Reduction({self.name!r}): unknown reduction; choose one of {REDUCTION_NAMES}"
+            )
+
+    @property
+    def weighted(self) -> bool:
+        return self.name in ("weighted", "weighted_mean")
+
+    def coefficients(self, counts: np.ndarray, weights: np.ndarray | None,
+                     tokens: np.ndarray | None = None) -> np.ndarray:
+        """The κ_i with L = Σ κ_i ℓ_i, so ∇L = Σ κ_i g_i (spec §1.2, §3.1).
+
+        ``counts`` are the ω_i; a mean over Σ ω_i = 0 (every label ignored) is defined as
+        κ = 0: L = 0 and ∇L = 0 (spec §3.4). ``tokens`` are the T_i of a sequence batch."""
+        n = len(counts)
+        if self.name == "mean":
+            total = float(np.sum(counts))
+            return np.full(n, 1.0 / total) if total != 0 else np.zeros(n)
+        if self.name == "sum":
+            return np.ones(n)
+        if self.name == "sequence_mean":
+            assert tokens is not None
+            return 1.0 / (n * tokens)
+        assert weights is not None
+        if self.name == "weighted":
+            return np.asarray(weights, dtype=np.float64)
+        return np.asarray(weights, dtype=np.float64) / np.sum(weights)
+
+    def __repr__(self) -> str:
+        return f"Reduction({self.name!r})"
+
+
+# -- the error model ----------------------------------------------------------------------------
+def _abs_terms(r: Rounding, v: np.ndarray, e: np.ndarray, shadow: np.ndarray, ops: int) -> R:
+    """A value computed by ``ops`` roundings of terms of total magnitude ``shadow`` (a formula
+    frameworks write in more than one way): propagated error e plus ops·u·shadow."""
+    return R(v, e + ops * r.u * shadow + r.tiny)
+
+
+def loss_bound(loss: Loss, b: Batch, out: R, r: Rounding) -> tuple[R, R]:
+    """Rows of f (M, D) → (ℓ per row (M,), ∂ℓ/∂f (M, D)) with error bounds (spec §7.1, §3)."""
+    lead = 2 if b.sequence else 1
+    d = out.v.shape[1]
+    inv_d = r.const(1.0 / d)
+    if loss.name == "softmax_cross_entropy":
+        return _cross_entropy(loss, b, out, r, lead)
+    y = rows(b.targets, lead)
+    res = r.sub(out, r.exact(y))
+    if loss.name == "squared_error":
+        value = r.mul(r.sum(r.mul(res, res), axis=1), inv_d)
+        return value, r.mul(r.const(2.0 / d), res)
+    if loss.name == "bce_with_logits":
+        # max(z,0) − z y + log(1 + e^{−|z|}) (torch: log(e^{−m} + e^{−z−m}); optax: via
+        # log σ(±z)): ≤ 4 roundings of terms of size |z| + |z y| + 1, the log's error
+        # relative to 1 (a log of a sum ≥ 1), and |∂ℓ/∂z| = |σ(z) − y| ≤ 1 times e_z.
+        z = out.v
+        sp = np.log1p(np.exp(-np.abs(z)))
+        v = np.maximum(z, 0.0) - z * y + sp
+        e = out.e + 4 * r.u * (np.abs(z) + np.abs(z * y) + 1.0) + r.fn_rel * (1.0 + sp)
+        elem = R(v, e + r.tiny)
+        # ∂ℓ/∂z = σ(z) − y; a backward kernel may form σ(z) as 1 − σ(−z) (PyTorch's batched
+        # rule under torch.func.vmap does: 5·10⁻⁶ relative at z = −12.5), off by 2u absolute;
+        # autodiff of optax's −y log σ(z) − (1 − y) log σ(−z) gives −yσ(−z) + (1 − y)σ(z):
+        # each σ to ELEMENTARY_ULPS, three roundings, of terms |y|σ(−z) + |1 − y|σ(z)
+        # (and PyTorch's vmap decomposition into clamp_min/exp/log gives (1 − y) − σ(−z)-like
+        # forms): every such form is ≤ 4 roundings and two σ's of terms each ≤ 1 in size
+        sig, _ = activation("sigmoid", out, r)
+        terms = np.abs(y) + np.abs(1.0 - y) + sigmoid(-z) + sig.v
+        sig = R(sig.v, sig.e + (r.fn_rel + 4 * r.u) * terms)
+        return r.mul(r.sum(elem, axis=1), inv_d), r.mul(r.sub(sig, r.exact(y)), inv_d)
+    if loss.name == "huber":
+        delta = loss.delta
+        a = np.abs(res.v)
+        quad = np.minimum(a, delta)
+        v = 0.5 * quad * quad + delta * (a - quad)
+        # ½q² + δ(|r| − q) or its two-branch form: ≤ 4 roundings of ½q² + δ|r|; Lipschitz
+        # |h'| = min(|r|, δ); the branches agree to ½e² at |r| = δ (first order: 0)
+        elem = _abs_terms(r, v, np.minimum(a, delta) * res.e, 0.5 * quad**2 + delta * a, 4)
+        slope = R(np.clip(res.v, -delta, delta), res.e + r.u * delta)
+        return r.mul(r.sum(elem, axis=1), inv_d), r.mul(slope, inv_d)
+    if loss.name == "gaussian_nll":
+        assert b.variances is not None
+        var = rows(b.variances, lead)
+        lv = np.log(var)
+        q = res.v * res.v / var
+        v = 0.5 * (lv + q)
+        # ½(log v + r²/v): log to ELEMENTARY_ULPS, ≤ 4 roundings of |log v| + r²/v;
+        # ∂/∂r = r/v
+        elem = R(v, np.abs(res.v / var) * res.e + r.fn_rel * np.abs(lv)
+                 + 4 * r.u * (np.abs(lv) + q) + r.tiny)
+        cot = r.div(res, r.exact(var * d))
+        return r.mul(r.sum(elem, axis=1), inv_d), R(cot.v, cot.e + 2 * r.u * np.abs(cot.v))
+    raise KeyError(loss.name)
+
+
+def _cross_entropy(loss: Loss, b: Batch, out: R, r: Rounding, lead: int) -> tuple[R, R]:
+    """ℓ = −Σ_k w_k q̃_k ls_k and ∂ℓ/∂z = (Σ_k w_k q̃_k) p − w ⊙ q̃, ls = log-softmax, p = e^{ls}.
+
+    q̃ = (1 − ε)q + ε/C is formed by the backend (two constants rounded: 2u|q̃|). Frameworks
+    group the sums differently (PyTorch: (1 − ε)·nll + (ε/C)·Σ_k w_k(−ls_k)): every grouping
+    of the C products errs by ≤ (γ_C + 3u) Σ_k |w_k q̃_k ls_k| (spec §7.1)."""
+    c = out.v.shape[1]
+    m = R(out.v.max(axis=1, keepdims=True), out.e.max(axis=1, keepdims=True))
+    s = r.sub(out, m)
+    lse = r.log(r.sum(r.exp(s), axis=1))
+    ls = r.sub(s, R(lse.v[:, None], lse.e[:, None]))
+    w = np.ones(c) if loss.class_weights is None else np.asarray(loss.class_weights)
+    q = smoothed_targets(rows(b.targets, lead), c, loss.label_smoothing, loss.ignore_index)
+    wq = w * q
+    hard = loss.label_smoothing == 0.0 and b.targets.dtype.kind in "iu"
+    wq_rel = 0.0 if hard else 2 * r.u  # one-hot q̃ is exact
+    terms = np.abs(wq * ls.v)
+    value = R(-np.sum(wq * ls.v, axis=1),
+              np.sum(np.abs(wq) * ls.e, axis=1)
+              + (gamma(c, r.u) + 3 * r.u + wq_rel) * terms.sum(axis=1)
+              + r.tiny * (terms > 0).sum(axis=1))
+    p = r.exp(ls)
+    total = np.abs(wq).sum(axis=1, keepdims=True)
+    cot_v = wq.sum(axis=1, keepdims=True) * p.v - wq
+    shadow = total * np.abs(p.v) + np.abs(wq)
+    cot = R(cot_v, total * p.e + (gamma(c, r.u) + 3 * r.u + wq_rel) * shadow
+            + r.tiny * (shadow > 0))
+    return value, cot
+
+
+def coefficient_error(reduction: Reduction, counts: np.ndarray, weights: np.ndarray | None,
+                      u: float) -> np.ndarray:
+    """Relative error of the computed κ_i: the division by Σ ω_i (a computed sum unless every
+    ω_i is an integer: counts are exact), by Σ c_i (weighted_mean), N·T_i (sequence_mean: two
+    divisions)."""
+    n, name = len(counts), reduction.name
+    if name == "mean":
+        w = counts
+        if np.all(w == np.round(w)) or not np.sum(w):
+            return np.full(n, u)
+        return np.full(n, gamma(w.size, u) * np.sum(np.abs(w)) / abs(np.sum(w)) + u)
+    if name == "sequence_mean":
+        return np.full(n, 2 * u)
+    if name == "weighted_mean":
+        c = weights
+        assert c is not None
+        return np.full(n, gamma(n, u) * np.sum(np.abs(c)) / abs(np.sum(c)) + u)
+    return np.zeros(n)
