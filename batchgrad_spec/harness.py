@@ -54,7 +54,7 @@ def load(spec: str) -> Backend:
 
 
 # -- the spec's clauses ---------------------------------------------------------------------------
-CLAUSE_HEADING = re.compile(r"^#{2,4}\s+§(\d+\.\d+)\s+(.+?)\s*$")
+CLAUSE_HEADING = re.compile(r"^#{2,4}\s+§(\d+\.\d+(?:\.\d+)*)\s+(.+?)\s*$")
 
 
 @cache

@@ -33,8 +33,8 @@ from .numerics import precision
 from .problem import Problem
 from .types import ProblemError, Undefined
 
-__version__ = "0.1.0"
-SPEC_VERSION = "0.1.0"
+__version__ = "0.2.0"
+SPEC_VERSION = "0.2.0"
 
 __all__ = [
     "ACTIVATION_NAMES", "LOSS_NAMES", "REDUCTION_NAMES", "SPEC_VERSION",

@@ -96,7 +96,7 @@ def test_hypothesis_finds_unequal_valid_elements_where_n_times_the_mean_gradient
 
 
 # -- §3.7 sequences -------------------------------------------------------------------------------
-@pytest.mark.clause("3.7")
+@pytest.mark.clause("3.7.1")
 @given(problem=loss_problems(sequences=True, reductions=("mean",)))
 def test_the_token_mean_is_the_mean_over_the_valid_tokens(target, problem):
     with check(target, problem) as c:
@@ -105,7 +105,7 @@ def test_the_token_mean_is_the_mean_over_the_valid_tokens(target, problem):
                               what="(token mean) vs the mean over the valid tokens")
 
 
-@pytest.mark.clause("3.7")
+@pytest.mark.clause("3.7.2")
 @given(problem=loss_problems(sequences=True, reductions=("sequence_mean",)))
 def test_the_sequence_mean_is_the_mean_of_per_sequence_token_means(target, problem):
     with check(target, problem) as c:
@@ -123,7 +123,7 @@ def test_the_sequence_mean_is_the_mean_of_per_sequence_token_means(target, probl
                        f"problem.batch.token_mask.sum(axis=1)))")
 
 
-@pytest.mark.clause("3.7")
+@pytest.mark.clause("3.7.2")
 @given(problem=loss_problems(sequences=True, equal_lengths=True, class_weights=False,
                              reductions=("mean",)))
 def test_token_mean_and_sequence_mean_agree_when_every_sequence_has_as_many_valid_tokens(
@@ -134,7 +134,7 @@ def test_token_mean_and_sequence_mean_agree_when_every_sequence_has_as_many_vali
                               what="(token mean) vs sequence_mean, equal T_i")
 
 
-@pytest.mark.clause("3.7")
+@pytest.mark.clause("3.7.2")
 def test_hypothesis_finds_unequal_valid_tokens_where_token_mean_and_sequence_mean_differ():
     def differ(p: Problem) -> bool:
         p = p.rounded("float32")
@@ -148,7 +148,7 @@ def test_hypothesis_finds_unequal_valid_tokens_where_token_mean_and_sequence_mea
     assert p.tokens is not None and len(set(p.tokens.tolist())) > 1, p
 
 
-@pytest.mark.clause("3.7")
+@pytest.mark.clause("3.7.3")
 @given(problem=loss_problems(sequences=True), data=st.data())
 def test_masked_tokens_contribute_nothing(target, problem, data):
     assume(not problem.batch.token_mask.all())

@@ -63,7 +63,7 @@ BATCH_OF_ONE_REFUSALS = {"torch": "Expected more than 1 value per channel when t
 with the framework's message the backend must pass on; every other backend computes it."""
 
 
-@pytest.mark.clause("4.2")
+@pytest.mark.clause("4.2.4")
 @given(problem=problems(nets=layer_networks(require=("batch_norm",), activations=ACTS),
                         max_batch=1))
 def test_train_mode_batchnorm_on_one_example_gives_beta_or_the_frameworks_refusal(
@@ -111,7 +111,7 @@ def _batch_of_one_excess(p: Problem) -> float:
     return worst
 
 
-@pytest.mark.clause("4.2")
+@pytest.mark.clause("4.2.3")
 def test_train_mode_batchnorm_gradient_is_not_the_mean_of_batch_of_one_gradients():
     """Hypothesis finds a problem where (1/N) Σ_i ∇L({x_i}) differs from ∇L beyond the
     reference's own error bound: with batch statistics, the examples' gradients do not add up."""
@@ -150,7 +150,7 @@ def _loss_change_excess(case: tuple[Problem, int, int, np.ndarray]) -> float:
     return 0.0 if change == 0 else (np.inf if tol == 0 else change / tol)
 
 
-@pytest.mark.clause("4.2")
+@pytest.mark.clause("4.2.2")
 def test_train_mode_batchnorm_changing_another_example_changes_an_examples_loss():
     """Hypothesis finds a batch, i ≠ j and a new x_j that change ℓ_i (computed with the batch's
     statistics) by more than the reference's error bound: ℓ_i is not a function of example i."""

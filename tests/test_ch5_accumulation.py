@@ -257,7 +257,7 @@ def test_an_l2_penalty_added_to_every_micro_batch_loss_contributes_k_lambda_thet
 
 # -- §5.5 averaging and summing accumulators ------------------------------------------------------
 @averaging
-@pytest.mark.clause("5.5")
+@pytest.mark.clause("5.5.2", "5.5.4")
 @given(problem=problems(reductions=("mean",), min_batch=2), data=st.data())
 def test_an_averaging_accumulator_fed_micro_batch_mean_gradients_is_exact_for_equal_sizes(
         target, problem, data):
@@ -266,17 +266,17 @@ def test_an_averaging_accumulator_fed_micro_batch_mean_gradients_is_exact_for_eq
 
 
 @averaging
-@pytest.mark.clause("5.5")
+@pytest.mark.clause("5.5.2")
 def test_hypothesis_finds_unequal_micro_batches_where_an_averaging_accumulator_is_wrong(target):
     problem, sizes = found(split_cases(problems(nets=SMALL, reductions=("mean",), min_batch=2,
-                                          max_batch=4)), naive, target, "average", key="5.5")
+                                          max_batch=4)), naive, target, "average", key="5.5.2")
     with AccumulationCheck(target, problem) as c:
         c.differs_from_full_batch(naive(c.problem, sizes), method="average",
                                   what="running mean of ∇mean_k")
 
 
 @averaging
-@pytest.mark.clause("5.5")
+@pytest.mark.clause("5.5.3")
 @given(problem=problems(reductions=("mean",), min_batch=2), lam=LAMBDAS, data=st.data())
 def test_an_averaging_accumulator_turns_a_penalty_in_every_micro_batch_loss_into_one_lambda_theta(
         target, problem, lam, data):
@@ -286,7 +286,7 @@ def test_an_averaging_accumulator_turns_a_penalty_in_every_micro_batch_loss_into
         "running mean of ∇(mean_k + λ/2‖θ‖²)", equal=True, method="average")
 
 
-@pytest.mark.clause("5.5")
+@pytest.mark.clause("5.5.1")
 @given(problem=problems(reductions=("mean",), min_batch=2), data=st.data())
 def test_a_summing_accumulator_divides_by_nothing_k_micro_batch_means_give_k_times_the_gradient(
         target, problem, data):
@@ -294,7 +294,7 @@ def test_a_summing_accumulator_divides_by_nothing_k_micro_batch_means_give_k_tim
                              scaled=True)
 
 
-@pytest.mark.clause("5.5")
+@pytest.mark.clause("5.5.4")
 def test_optax_multisteps_default_float32_accumulator_rounds_a_float64_accumulation():
     # optax 0.2.8: MultiSteps(accumulator_dtype=jnp.float32) by default. Fed float64 gradients,
     # it stores the running mean in float32 after every micro-step but the last.

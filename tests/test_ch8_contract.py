@@ -71,6 +71,10 @@ class _Broken(NumpyBackend):
             grads = {**grads, "9.weight": np.zeros(1)}
         if self.fault == "single":
             return loss
+        if self.fault == "writes_batch":
+            problem.batch.inputs[0, 0] += 1.0
+        if self.fault == "writes_params":
+            problem.params["0.weight"][0, 0] += 1.0
         return loss, grads
 
     def per_example(self, problem, config, method):
@@ -78,7 +82,7 @@ class _Broken(NumpyBackend):
         return (losses[:-1] if self.fault == "shape" else losses), grads
 
 
-@pytest.mark.clause("8.3")
+@pytest.mark.clause("8.3.1")
 @pytest.mark.parametrize("fault, message", [
     ("raises", r"loss_and_grad on cpu-float64-strict raised RuntimeError: boom"),
     ("shape", r"gradient '0.weight' of shape \(1, 5, 1\), but the contract requires \(1, 5\)"),
@@ -93,6 +97,20 @@ def test_contract_violations_are_clear_errors(fault, message):
     if fault == "shape":
         with pytest.raises(BackendError, match=r"losses of shape \(1,\).*requires \(2,\)"):
             checked_per_example(backend, problem, config, "vmap")
+
+
+@pytest.mark.clause("8.3.2")
+@pytest.mark.parametrize("fault, what", [("writes_batch", r"problem\.batch\.inputs"),
+                                         ("writes_params", r"problem\.params\['0\.weight'\]")])
+def test_a_backend_writing_into_the_problem_is_a_clear_error(fault, what):
+    problem = worked_example_problem()
+    before = (problem.batch.inputs.copy(), problem.params["0.weight"].copy())
+    with pytest.raises(BackendError, match=r"loss_and_grad on cpu-float64-strict modified "
+                                           + what + r" in place; a problem is read-only"):
+        checked_loss_and_grad(_Broken(fault), problem, Config())
+    # The backend wrote into a private copy: the caller's problem is untouched.
+    assert np.array_equal(problem.batch.inputs, before[0])
+    assert np.array_equal(problem.params["0.weight"], before[1])
 
 
 @pytest.mark.clause("8.1")

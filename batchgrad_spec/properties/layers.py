@@ -51,7 +51,7 @@ def batch_against_reference(c: Check, what_loss: str, what_grads: str) -> None:
 
 
 # -- §4.2 train-mode BatchNorm: ∇L is defined -----------------------------------------------------
-@pytest.mark.clause("4.2")
+@pytest.mark.clause("4.2.1")
 @given(problem=TRAIN_BN)
 def test_train_mode_batchnorm_batch_gradient_matches_the_reference(target, problem):
     with check(target, problem) as c:

@@ -16,7 +16,7 @@ from .. import harness
 
 __all__ = ["Deviation", "XfailsError", "parse_xfails"]
 
-CITATION = re.compile(r"§(\d+\.\d+)")
+CITATION = re.compile(r"§(\d+\.\d+(?:\.\d+)*)")
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def test_sequential_updates_are_caught_by_the_same_parameters_clause(dtype, meth
     assert_caught("sequential_updates", T2_5, "2.5", dtype, method, message=("\n  g_i at θ[",))
 
 
-@pytest.mark.clause("2.5")
+@pytest.mark.clause("2.5", "8.3.2")
 @pytest.mark.parametrize("method", METHODS)
 def test_params_modified_in_place_are_caught_by_the_same_parameters_clause(method):
     assert_caught("mutates_params", T2_5, "2.5", "float64", method,
@@ -90,7 +90,7 @@ def test_wrong_per_example_gradients_are_caught_by_the_reference_comparison(faul
     assert_caught(fault, T2_12, "2.12", dtype, method, message=("\n  ℓ_i (shape", "\n  g_i["))
 
 
-@pytest.mark.clause("8.3")
+@pytest.mark.clause("8.3.1")
 @pytest.mark.parametrize("fault, test, clause, method, message", [
     ("wrong_shape", T2_1, "2.1", None,
      "loss_and_grad on cpu-float64-strict returned gradient '0.weight' of shape"),

@@ -22,11 +22,11 @@ DTYPES = ["float64", "float32"]
 METHODS = ["vmap", "loop"]
 
 
-@pytest.mark.clause("4.2")
+@pytest.mark.clause("4.2.1")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_detached_batchnorm_statistics_are_caught_by_the_train_mode_batch_gradient(dtype):
     assert_caught("bn_detached_statistics",
-                  layers.test_train_mode_batchnorm_batch_gradient_matches_the_reference, "4.2",
+                  layers.test_train_mode_batchnorm_batch_gradient_matches_the_reference, "4.2.1",
                   dtype, None, message=("\n  ∇L through the batch statistics[",))
 
 
