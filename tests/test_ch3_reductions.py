@@ -188,3 +188,57 @@ def test_the_per_example_loss_of_a_sequence_is_the_sum_over_its_valid_tokens(
                 expect=f"np.bincount(np.nonzero(problem.batch.token_mask)[0], weights="
                        f"per_example_losses({HERE}.valid_tokens(problem)), "
                        f"minlength={b.size})")
+
+
+# -- §3.7.4 a sequence with no valid token --------------------------------------------------------
+def _empty(problem: Problem) -> np.ndarray:
+    return ~problem.batch.token_mask.any(axis=1)
+
+
+@pytest.mark.clause("3.7.4")
+@given(problem=loss_problems(sequences=True, empty_sequences=True, reductions=("mean", "sum")))
+def test_a_sequence_without_valid_tokens_has_zero_loss_and_gradient_and_counts_nothing(
+        target, method, problem):
+    with check(target, problem) as c:
+        empty = _empty(c.problem)
+        where = np.flatnonzero(empty).tolist()
+        losses, grads = c.per_example()
+        c.close(losses[empty], np.zeros(len(where)), 0.0, what=f"ℓ_i of the empty sequences "
+                f"{where} (exactly 0)", call=f"{c.call_of(losses)}[{where}]",
+                expect=f"np.zeros({len(where)})")
+        c.close({k: v[empty] for k, v in grads.items()},
+                {k: np.zeros((len(where), *v.shape[1:])) for k, v in grads.items()},
+                {k: 0.0 for k in grads}, what=f"g_i of the empty sequences {where} (exactly 0)",
+                call=f"{{k: v[{where}] for k, v in {c.call_of(grads)}.items()}}",
+                expect=f"{{k: np.zeros(({len(where)}, *v.shape)) for k, v in "
+                       f"problem.params.items()}}")
+        kept = np.flatnonzero(~empty).tolist()
+        against_other_problem(c, c.problem, c.problem.with_batch(c.problem.batch.take(kept)),
+                              expect=f"batch_grad(problem.with_batch(problem.batch.take({kept})))",
+                              what="vs the batch without its empty sequences")
+
+
+TORCH_ALL_EMPTY = (
+    "§3.7.4: the torch backend's token mean, (loss * mask).sum() / mask.sum() or F.cross_entropy "
+    "with masked tokens labelled -100, is NaN (0/0) for a "
+    "batch whose every sequence is empty, like PyTorch's all-ignored mean (§3.4)")
+
+
+@pytest.mark.clause("3.7.4")
+def test_a_token_mean_over_only_empty_sequences_is_zero_with_zero_gradient(target, request):
+    if target.backend.name == "torch":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=TORCH_ALL_EMPTY))
+    _all_empty_token_mean(target)
+
+
+@given(problem=loss_problems(sequences=True, reductions=("mean",)))
+def _all_empty_token_mean(target, problem):
+    b = problem.batch
+    nothing = problem.with_batch(replace(b, mask=np.zeros_like(b.token_mask)))
+    with check(target, nothing) as c:
+        loss, grads = c.loss_and_grad()
+        c.close(loss, 0.0, 0.0, what="L of a batch without valid tokens (exactly 0)",
+                expect="0.0")
+        c.close(grads, {k: np.zeros_like(v) for k, v in c.problem.params.items()},
+                {k: 0.0 for k in grads}, what="∇L of a batch without valid tokens (exactly 0)",
+                expect="{k: np.zeros_like(v) for k, v in problem.params.items()}")
