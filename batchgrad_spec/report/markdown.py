@@ -11,9 +11,11 @@ from typing import Any
 
 from .record import column_id, grid, seed_text
 
-__all__ = ["SYMBOL", "fmt_ratio", "markdown"]
+__all__ = ["PROVISIONAL_MARK", "SYMBOL", "fmt_ratio", "markdown"]
 
 SYMBOL = {"pass": "✅", "fail": "❌", "xfail": "⚠️", "skip": "➖"}
+PROVISIONAL_MARK = "(provisional)"
+"""Appended to a cell whose result is provisional (spec §8.5: the tf32 precision, §6.7 on a GPU)."""
 
 
 def fmt_ratio(r: float | str | None) -> str:
@@ -65,7 +67,8 @@ def markdown(matrix: dict[str, Any]) -> str:
                 cells.append("")
                 continue
             ratio = fmt_ratio(r["max_ratio"])
-            cells.append(f"{SYMBOL[r['outcome']]} {ratio}".strip())
+            mark = f" {PROVISIONAL_MARK}" if r.get("provisional") else ""
+            cells.append(f"{SYMBOL[r['outcome']]} {ratio}".strip() + mark)
         out.append(f"| §{cid} {title} | " + " | ".join(cells) + " |")
     totals = []
     for c in cols:
@@ -74,6 +77,13 @@ def markdown(matrix: dict[str, Any]) -> str:
     out += ["| *examples checked* | " + " | ".join(totals) + " |", "",
             "✅ pass, with the largest observed error/tolerance (≤ 1; blank for tests without a "
             "tolerance) · ❌ fail · ⚠️ xfail: a known deviation · ➖ skipped · empty: not run"]
+    why = sorted({r["provisional"] for r in matrix["results"] if r.get("provisional")})
+    if why:
+        out += ["", "## Provisional results", "",
+                f"A cell marked {PROVISIONAL_MARK} is provisional: it certifies conformance under "
+                "a mode or requirement the suite has not yet checked where it applies (spec "
+                "§8.5)."]
+        out += [f"- {w}" for w in why]
     devs = [(s["name"], e) for s in matrix["sources"] if s.get("xfails")
             for e in s["xfails"]["entries"]]
     if devs:

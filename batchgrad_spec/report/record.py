@@ -2,7 +2,8 @@
 
 A record (``pytest --conformance-report PATH``) has one result per cell — clause × backend ×
 device × dtype × precision — with its most severe outcome, the number of test items, the
-Hypothesis examples checked and the largest error/tolerance; a matrix (``merge``) puts the
+Hypothesis examples checked, the largest error/tolerance and, where spec §8.5 says so (the
+``tf32`` precision, §6.7 off the CPU), why it is provisional; a matrix (``merge``) puts the
 sources of several records side by side and aggregates their cells the same way. Needs neither
 pytest nor matplotlib.
 """
@@ -19,13 +20,32 @@ from typing import Any
 from .. import harness
 from ..stats import Column, Key
 
-__all__ = ["NO_TARGET", "OUTCOMES", "aggregate", "as_matrix", "clause_sort_key", "column_id",
-           "columns", "grid", "json_number", "merge", "seed_text", "worse", "write_json"]
+__all__ = ["NO_TARGET", "OUTCOMES", "PROVISIONAL_CLAUSES_OFF_CPU", "PROVISIONAL_PRECISIONS",
+           "aggregate", "as_matrix", "clause_sort_key", "column_id",
+           "columns", "grid", "json_number", "merge", "provisional", "seed_text", "worse",
+           "write_json"]
 
 OUTCOMES = ("skip", "pass", "xfail", "fail")
 """Outcomes from least to most severe: a cell shows the most severe of its test items."""
 NO_TARGET = ("reference", "-", "-", "-")
 """backend, device, dtype, precision of tests that run no backend (reference-only and meta)."""
+PROVISIONAL_PRECISIONS = {
+    "tf32": "§7.4.1: the tf32 certification rests on assumptions about tensor-core arithmetic "
+            "that no GPU run has checked"}
+"""Precision modes whose results are provisional (spec §8.5), with why."""
+PROVISIONAL_CLAUSES_OFF_CPU = {
+    "6.7": "§6.7: bitwise repeatability on a GPU has never been run"}
+"""Clauses whose results on a device other than the CPU are provisional (spec §8.5)."""
+
+
+def provisional(clause: str, device: str, precision: str) -> str | None:
+    """Why a result of ``clause`` on ``device`` under ``precision`` is provisional (spec §8.5,
+    §7.4.1, §6.7), or None when it is not."""
+    if precision in PROVISIONAL_PRECISIONS:
+        return PROVISIONAL_PRECISIONS[precision]
+    if device not in ("cpu", "-") and clause in PROVISIONAL_CLAUSES_OFF_CPU:
+        return PROVISIONAL_CLAUSES_OFF_CPU[clause]
+    return None
 
 
 def worse(a: str | None, b: str | None) -> str | None:
@@ -86,7 +106,7 @@ def aggregate(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "clause": cid, "title": titles.get(cid, it.get("title", "(not in spec/)")),
                 "backend": b, "device": dev, "dtype": dt, "precision": prec,
                 "outcome": None, "tests": 0, "examples": None, "failures": None,
-                "max_ratio": None, "worst": ""})
+                "max_ratio": None, "worst": "", "provisional": provisional(cid, dev, prec)})
             c["outcome"] = worse(c["outcome"], it["outcome"])
             c["tests"] += it.get("tests", 1)
             for k in ("examples", "failures"):

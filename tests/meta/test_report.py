@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +21,10 @@ import pytest
 
 from batchgrad_spec import stats
 from batchgrad_spec.catching import make_target
-from batchgrad_spec.report.markdown import markdown
+from batchgrad_spec.report.markdown import PROVISIONAL_MARK, markdown
 from batchgrad_spec.report.record import aggregate, merge
 from batchgrad_spec.report.xfails import Deviation, XfailsError, parse_xfails
-from batchgrad_spec.resources import ROOT
+from batchgrad_spec.resources import ROOT, SPEC
 from reference import SPEC_VERSION
 
 pytestmark = [pytest.mark.meta, pytest.mark.clause("8.5")]
@@ -296,3 +297,48 @@ def test_the_run_statistics_keep_expected_failures_apart_and_merge_across_proces
 
 def test_the_example_xfails_file_parses():
     assert parse_xfails(Path(ROOT, "xfails.example.txt")) == []
+
+
+def test_the_spec_version_the_record_names_is_the_spec_texts():
+    """The record's ``spec_version`` (``reference.SPEC_VERSION``) is the **Version** line of
+    spec/README.md: a report names the text it was checked against."""
+    m = re.search(r"^\*\*Version (\S+)\*\*", (SPEC / "README.md").read_text(encoding="utf-8"),
+                  re.MULTILINE)
+    assert m, "spec/README.md has no **Version X** line"
+    assert SPEC_VERSION == m.group(1)
+
+
+@pytest.mark.clause("7.4.1")
+def test_a_tf32_result_is_marked_provisional(tmp_path):
+    """§7.4.1, §8.5: a result certified under ``--precision tf32`` (and one of §6.7 off the
+    CPU) is marked provisional in the record and in its table; a strict one is not."""
+    path = tmp_path / "tf32.json"
+    r = run_pytest("--backend", "numpy", "--precision", "tf32", "--dtype", "float32", "-k", MEAN,
+                   "--conformance-report", str(path))
+    assert r.returncode == 0, output(r)
+    [cell] = json.loads(path.read_text(encoding="utf-8"))["results"]
+    assert (cell["clause"], cell["precision"], cell["outcome"]) == ("2.1", "tf32", "pass")
+    assert cell["provisional"] and "§7.4.1" in cell["provisional"], cell
+    md = path.with_suffix(".md").read_text(encoding="utf-8")
+    row = next(line for line in md.splitlines() if line.startswith("| §2.1 "))
+    assert row.endswith(f"{PROVISIONAL_MARK} |"), row
+    assert "## Provisional results" in md and "§7.4.1" in md, md
+
+    def item(clause, device, precision):
+        return {"keys": [(clause, "torch", device, "float32", precision)], "outcome": "pass",
+                "examples": 1, "max_ratio": 0.5, "worst": "w"}
+
+    results = aggregate([item("2.1", "cuda", "tf32"), item("2.1", "cuda", "strict"),
+                         item("6.7", "cuda", "strict"), item("6.7", "cpu", "strict")])
+    flags = {(c["clause"], c["device"], c["precision"]): bool(c["provisional"]) for c in results}
+    assert flags == {("2.1", "cuda", "strict"): False, ("2.1", "cuda", "tf32"): True,
+                     ("6.7", "cpu", "strict"): False, ("6.7", "cuda", "strict"): True}
+    # merging records keeps the mark (it is recomputed from the cell, old records included)
+    old = {"spec_version": "0.1.0", "results": [{k: v for k, v in c.items() if k != "provisional"}
+                                                for c in results]}
+    merged = merge([("old", old)])
+    assert {(c["clause"], c["device"], c["precision"]): bool(c["provisional"])
+            for c in merged["results"]} == flags
+    table = markdown(merged)
+    strict = next(line for line in table.splitlines() if line.startswith("| §2.1 "))
+    assert strict.count(PROVISIONAL_MARK) == 1, strict  # the tf32 column only
