@@ -190,7 +190,7 @@ def _bn_problem(n: int = 3) -> Problem:
 def test_torch_func_refuses_per_example_gradients_through_train_mode_batchnorm():
     """torch.func.vmap(grad) through ``nn.BatchNorm1d`` in training mode raises by itself: the
     running-statistics update mutates a captured buffer; without running statistics each example
-    is a batch of one, which BatchNorm refuses (pitfalls #9, functorch#115)."""
+    is a batch of one, which BatchNorm refuses (spec/appendix-b-pitfalls.md#p9, functorch#115)."""
     torch = pytest.importorskip("torch")
     from torch.func import functional_call, grad, vmap
 

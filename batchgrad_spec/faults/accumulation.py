@@ -10,9 +10,11 @@ in one way, as real training loops have been:
 * ``per_micro_batch_token_mean``  asked for the token-level scheme (local token sums over the
   whole batch's token count), each micro-batch normalised by its own valid tokens and divided by
   K: (1/K) Σ_k ∇(token mean)_k, the 2024 gradient-accumulation bug of Hugging Face transformers
-  and others (pitfalls #3: huggingface/blog#2414, transformers#34191); caught by §5.2
+  and others (spec/appendix-b-pitfalls.md#p3: huggingface/blog#2414, transformers#34191); caught by
+  §5.2
 * ``penalty_per_micro_batch``     the L2 penalty (λ/2)‖θ‖² added to every micro-batch's loss when
-  the plan adds it once per step: Kλθ instead of λθ (pitfalls #15: keras#19990); caught by §5.4
+  the plan adds it once per step: Kλθ instead of λθ (spec/appendix-b-pitfalls.md#p15: keras#19990);
+  caught by §5.4
 
 Loadable as ``--backend batchgrad_spec.faults.accumulation:<name>``;
 ``tests/meta/test_accumulation_faults.py`` checks that each is caught by its clause.

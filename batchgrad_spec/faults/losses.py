@@ -6,11 +6,12 @@ is loadable as ``--backend batchgrad_spec.faults.losses:<name>`` (and, for the g
 of the clause that catches it:
 
 * ``class_weighted_mean_over_n``   class-weighted cross-entropy ``mean`` divided by N instead of
-  Σ w[y_i] (§3.3; pitfalls #6)
+  Σ w[y_i] (§3.3; spec/appendix-b-pitfalls.md#p6)
 * ``ignored_targets_counted``      ignored labels counted in the ``mean``'s denominator, one each,
-  as ``F.cross_entropy(..., reduction="none").mean()`` does (§3.4; pitfalls #7)
+  as ``F.cross_entropy(..., reduction="none").mean()`` does (§3.4; spec/appendix-b-pitfalls.md#p7)
 * ``smoothing_over_ignored_rows``  label smoothing's uniform term taken over every row, ignored
-  ones included, as reported of PyTorch in pytorch/pytorch#73205 (§3.5; pitfalls #8)
+  ones included, as reported of PyTorch in pytorch/pytorch#73205 (§3.5;
+  spec/appendix-b-pitfalls.md#p8)
 
 The fourth fault of the chapter, squared error's ``mean`` divided by N instead of N·D (§3.2), is
 ``batchgrad_spec.faults:mse_summed_over_outputs``, already in the gallery for §2.1.
@@ -74,8 +75,8 @@ class ClassWeightedMeanOverN(_MeanDivisor):
 class IgnoredTargetsCounted(_MeanDivisor):
     """Under ``mean``, every ignored label counts one in the denominator: Σ ℓ_i / (Σ_kept w[y_i]
     + #ignored) — N without class weights, as ``F.cross_entropy(reduction="none").mean()`` or
-    ``jnp.mean(optax_losses)`` over masked examples gives (pitfalls #16). Right when no label
-    is ignored."""
+    ``jnp.mean(optax_losses)`` over masked examples gives (spec/appendix-b-pitfalls.md#p16). Right
+    when no label is ignored."""
 
     fault = "ignored labels counted in the mean"
 

@@ -174,8 +174,9 @@ class MseSummedOverOutputs(Faulty):
 
 def _torch_mse_sum_over_elements() -> Any:
     """PyTorch backend whose ``sum`` reduction of squared error is ``F.mse_loss(out, y,
-    reduction="sum")`` itself, Σ_i Σ_d (f_id − y_id)² = D Σ ℓ_i, not divided by D (pitfalls #2:
-    ``mse_loss`` reduces over elements, and ℓ_i is the mean over outputs, §1.2)."""
+    reduction="sum")`` itself, Σ_i Σ_d (f_id − y_id)² = D Σ ℓ_i, not divided by D
+    (spec/appendix-b-pitfalls.md#p2: ``mse_loss`` reduces over elements, and ℓ_i is the mean over
+    outputs, §1.2)."""
     import torch.nn.functional as F
 
     from batchgrad_spec.backends import torch_backend as tb

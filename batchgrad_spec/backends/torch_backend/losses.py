@@ -4,8 +4,8 @@ chapters 1-3).
 * ``F.cross_entropy(weight=, ignore_index=, label_smoothing=, reduction=)`` for integer labels
   and probability targets, ``F.binary_cross_entropy_with_logits``, ``F.huber_loss(delta=)``,
   ``F.gaussian_nll_loss(full=False, eps=1e-6)``; "mean" and "sum" are PyTorch's own
-  ``reduction=``. Where PyTorch's mean is NaN (every label ignored: pitfalls #7) the backend
-  returns the NaN; it is not papered over.
+  ``reduction=``. Where PyTorch's mean is NaN (every label ignored: spec/appendix-b-pitfalls.md#p7)
+  the backend returns the NaN; it is not papered over.
 * Sequences (N, T, d): masked tokens of a cross-entropy get label -100 and ``ignore_index=-100``;
   "mean" is the token mean (``F.cross_entropy(logits.reshape(-1, C), labels.reshape(-1),
   ignore_index=-100)``, the 2024 Hugging Face token-loss convention; elementwise losses

@@ -14,7 +14,8 @@ and 4), as PyTorch users write them.
   citing §4.2.
 * ``Dropout`` → ``MaskDropout``, ``a * m / (1 - p)`` with the keep-mask m = ``batch.dropout[k]``
   passed as data: ``torch.func.vmap`` refuses random ops by default (``randomness="error"``,
-  pitfalls #11), and random masks drawn inside vmap could not be compared with anything.
+  spec/appendix-b-pitfalls.md#p11), and random masks drawn inside vmap could not be compared with
+  anything.
 
 The model is an ``nn.Sequential`` (``Net``) whose forward takes the masks, so parameter names are
 ``nn.Sequential``'s, which are the problem's.
