@@ -59,7 +59,8 @@ CLAUSE_HEADING = re.compile(r"^#{2,4}\s+§(\d+\.\d+(?:\.\d+)*)\s+(.+?)\s*$")
 
 @cache
 def clauses() -> dict[str, str]:
-    """Clause id → title, parsed from spec/*.md headings ``### §2.1 Title``."""
+    """Clause id → title, parsed from spec/*.md headings ``### §2.1 Title`` and sub-clause
+    headings ``#### §4.2.1 Title``."""
     found: dict[str, str] = {}
     for path in sorted(SPEC.glob("*.md")):
         for line in path.read_text(encoding="utf-8").splitlines():

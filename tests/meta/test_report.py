@@ -237,8 +237,11 @@ def test_xfails_patterns_are_substrings_with_wildcards_and_literal_brackets():
     assert not d1.matches("tests/test_ch2_core.py::test_xt")  # [ ] are not a character class
     assert d2.matches("tests/test_ch2_core.py::test_y[numpy-cpu-float64]")
     assert isinstance(d1, Deviation)
+    [sub] = parse_xfails("x.txt", "test_a_token_mean_over_only_empty*[torch-*]  # §3.7.4 NaN\n")
+    assert sub.clause == "3.7.4"  # a sub-clause is cited as itself, not as §3.7
     for bad, why in [("test_x  # reason\n", "cites no clause"), ("test_x\n", "cites no clause"),
                      ("test_x  # §9.99 reason\n", "not a clause"),
+                     ("test_x  # §3.7.9 reason\n", "§3.7.9, which is not a clause"),
                      ("# §2.1\nskip  # §2.1 x\n", "line 2: no test pattern")]:
         with pytest.raises(XfailsError, match=why):
             parse_xfails("x.txt", bad)
