@@ -1,8 +1,8 @@
 """Known deviations: the xfails file (``--xfails-file PATH``, spec §8.5).
 
-One node-id pattern per line followed by ``# §C.N reason`` or ``# §C.N.M reason`` for a
-sub-clause (``skip PATTERN  # §C.N reason`` to
-skip instead of xfail). A line citing no clause, or a clause that is not in spec/, is an error.
+One node-id pattern per line followed by ``# §C.N reason`` (``# §C.N.M reason`` for a
+sub-clause; ``skip PATTERN  # §C.N reason`` to skip instead of xfail). A line citing no clause,
+or a clause that is not in spec/, is an error.
 Parsing and matching only: ``batchgrad_spec.report.hooks`` applies the entries to a session.
 """
 
