@@ -283,6 +283,10 @@ def _handle(state: _State, payload: tuple[str, Job]) -> Any:
     kind, job = payload
     if kind == "variants":
         return _variants(state, job)
+    if kind == "idiom":  # a spec code block (batchgrad_spec/distributed/idioms.py)
+        from .idioms import run_jax
+
+        return run_jax(state.mesh, *job)
     return _run_job(state, job)
 
 
@@ -334,6 +338,12 @@ class JaxShardMapEngine(PooledEngine):
         """Spec §5.9's table of idioms on ``job.problem`` (a bias-free linear least-squares
         problem with N = R·n): {idiom: gradient of "0.weight", or the error it raised}."""
         return self._request(job, [("variants", job)])[0]  # type: ignore[no-any-return]
+
+    def idiom(self, idiom: Any, problem: Problem, sizes: tuple[int, ...], dtype: str
+              ) -> list[np.ndarray]:
+        """Every device's ``grad`` of a spec idiom block (``idioms.run_jax``)."""
+        return self._request(Job(problem, dtype, sizes, "rank_mean"),  # type: ignore[no-any-return]
+                             [("idiom", (idiom, problem, sizes, dtype))])[0]
 
 
 if __name__ == "__main__":

@@ -102,8 +102,13 @@ def _local_loss(forward: Any, problem: Problem, config: Config) -> tuple[Any, An
     return tb.reduced_loss(problem, forward(x), y, c), x, c
 
 
-def _run(rank: int, job: Job) -> Grads:
-    """This rank's part of ``job``: its shard's loss, backward, the all-reduce; its gradients."""
+def _run(rank: int, job: Job | tuple) -> Any:
+    """This rank's part of ``job``: its shard's loss, backward, the all-reduce; its gradients.
+    A tuple is a spec idiom block instead (``batchgrad_spec/distributed/idioms.py``)."""
+    if isinstance(job, tuple):
+        from .idioms import run_torch
+
+        return run_torch(rank, *job)
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -197,6 +202,12 @@ class TorchDDPEngine(PooledEngine):
             raise ValueError("shard_map_textbook is a JAX idiom; torch has no counterpart")
         answers = self._request(job, [job] * self.world_size)
         return [{k: np.asarray(v) for k, v in a.items()} for a in answers]
+
+    def idiom(self, idiom: Any, problem: Problem, sizes: tuple[int, ...], dtype: str
+              ) -> list[np.ndarray]:
+        """Every rank's ``grad`` of a spec idiom block (``idioms.run_torch``)."""
+        return self._request(Job(problem, dtype, sizes, "rank_mean"),
+                             [(idiom, problem, sizes, dtype)] * self.world_size)
 
 
 if __name__ == "__main__":
