@@ -49,8 +49,12 @@ def installed_not_checkout(cwd: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
                          check=True).stdout.split()
     for path in out:
-        if Path(path).resolve().is_relative_to(CHECKOUT):
+        resolved = Path(path).resolve()
+        # (tox keeps its environments in the checkout's .tox/: only the source folders count)
+        if any(resolved.is_relative_to(CHECKOUT / top) for top in ("batchgrad_spec", "reference")):
             fail(f"{path} is imported from the checkout {CHECKOUT}, not from the installed wheel")
+        if "site-packages" not in resolved.parts:
+            fail(f"{path} is not in an environment's site-packages")
     print("imported from the wheel:", *out, sep="\n  ")
 
 
