@@ -127,6 +127,81 @@ def test_numpy_float32_never_exceeds_the_tolerance():
     assert largest["ratio"] <= 1.0
 
 
+# -- §7.1.2 flush to zero ------------------------------------------------------------------------
+TINY32 = float(np.finfo(np.float32).tiny)
+FTZ = "batchgrad_spec.faults.precision:flush_to_zero"
+FLUSHING = [FTZ] + (["jax"] if "jax" in harness.available_builtins() else [])
+"""Backends that flush subnormals: the numpy emulation always, jax (XLA on the CPU) where
+installed."""
+
+
+def _flush_cases() -> dict[str, Problem]:
+    """A weight c = tiny (float32's smallest normal) whose seed c·(1/D) is subnormal: the
+    reproduced §2.3 false alarm (∂L/∂W2[1,0] = 16c), and issue #12's four identity-connected
+    layers (∂L/∂b = 3c)."""
+    ident = Activation("identity")
+    two = Problem(Network((Dense(2, 1), ident, Dense(1, 2))), Loss("squared_error"),
+                  Reduction("weighted"), {"0.weight": [[1.0, 1.0]], "0.bias": [0.0],
+                                          "2.weight": [[0.0], [1.0]], "2.bias": [0.0, 0.0]},
+                  Batch([[2.0, 2.0]], [[0.0, 0.0]], weights=[TINY32]))
+    layers = (Dense(1, 1), ident, Dense(1, 1), ident, Dense(1, 1), ident, Dense(1, 2))
+    params = {f"{k}.{n}": v for k in (0, 2, 4) for n, v in (("weight", [[1.0]]), ("bias", [0.0]))}
+    params |= {"6.weight": [[0.0], [1.0]], "6.bias": [0.0, 0.0]}
+    four = Problem(Network(layers), Loss("squared_error"), Reduction("weighted"), params,
+                   Batch([[3.0]], [[0.0, 0.0]], weights=[TINY32]))
+    return {"2.3-false-alarm": two, "issue-12-four-layers": four}
+
+
+def _flush_target(spec: str) -> Target:
+    return Target(spec, harness.load(spec), Config("cpu", "float32"), clause="7.1.2")
+
+
+@pytest.mark.clause("7.1.2")
+@pytest.mark.parametrize("case", sorted(_flush_cases()))
+@pytest.mark.parametrize("spec", FLUSHING)
+def test_a_flushed_subnormal_intermediate_of_the_backward_pass_is_within_the_bound(
+        spec, case, monkeypatch):
+    """The backend flushes c·(1/D) and returns 0 where the gradient is a normal multiple of c;
+    the model covers it (spec §7.1.2). Without the seed's flush term (0.1.0's model) the same
+    comparison is a false alarm."""
+    with check(_flush_target(spec), _flush_cases()[case]) as c:
+        _, grads = c.loss_and_grad()
+        _, ref = batch_grad(c.problem)
+        assert any(np.any((grads[k] == 0) & (ref[k] >= TINY32)) for k in ref), "nothing flushed"
+        c.close(grads, ref, c.tol().batch_grads, what="∇L with a flushed seed",
+                expect="batch_grad(problem)[1]")
+        import reference.bounds as bounds
+        import reference.losses as losses
+        for module in (bounds, losses):
+            monkeypatch.setattr(module, "cotangent_factors",
+                                lambda loss, b, out: (0, 0, np.zeros(out.v.shape)))
+        assert caught(c, grads, ref, problem_tolerance(c.problem, "float32").batch_grads,
+                      what="∇L without the seed's flush term")
+
+
+@st.composite
+def near_underflow(draw: st.DrawFn) -> Problem:
+    """Chapter-2 problems with weights c_i within 64× of tiny, and sometimes inputs too."""
+    p = draw(problems(reductions=("weighted",)))
+    n = p.batch.size
+    c = draw(st.lists(st.floats(TINY32, 64 * TINY32, width=32), min_size=n, max_size=n))
+    x = p.batch.inputs
+    if draw(st.booleans(), label="inputs near tiny"):
+        x = (x * np.float32(2.0**-120)).astype(np.float32).astype(np.float64)
+    return p.with_batch(Batch(x, p.batch.targets, np.asarray(c)))
+
+
+@pytest.mark.clause("7.1.2")
+@pytest.mark.parametrize("spec", FLUSHING)
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(problem=near_underflow())
+def test_problems_near_the_underflow_threshold_stay_within_the_bound_when_subnormals_are_flushed(
+        spec, problem):
+    with check(_flush_target(spec), problem) as c:
+        checked_gradient(c, "∇L near the underflow threshold")
+
+
 # -- §7.2 The tolerance: a wrong gradient is caught ----------------------------------------------
 def checked_gradient(c: Check, what: str = "∇L") -> tuple[Grads, Grads, dict[str, np.ndarray]]:
     """The backend's ∇L, checked against the reference's within the tolerance: (∇L, the
