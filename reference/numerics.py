@@ -60,22 +60,27 @@ class Precision:
     u: float
     tiny: float
     operand_u: float = 0.0
-    """Unit roundoff of a shorter format both operands of every matrix product are rounded to
-    before exact products are accumulated at ``u`` (TF32: 2⁻¹¹; spec §7.4). 0: not rounded."""
+    """Unit roundoff of a shorter format both operands of every matrix product are converted to
+    before exact products are accumulated (TF32: 2⁻¹¹; bfloat16 autocast: 2⁻⁸; spec §7.4).
+    0: not converted."""
+    truncating: bool = False
+    """The conversion and the accumulation may truncate (TF32 on tensor cores, spec §7.4.1):
+    each conversion errs by < 1 ulp of the short format (2·operand_u) and each accumulation
+    step by < 1 float32 ulp of what it adds (2u), instead of half an ulp."""
 
     @property
     def product_rel(self) -> float:
-        """Relative error of one product of two converted operands, (1 + δ₁)(1 + δ₂) − 1 with
-        |δ| < 2·operand_u: one ulp of the short format, true of rounding and of truncation
-        (spec §7.4.1: 4u_t + 4u_t²; 0 in strict modes)."""
-        return 4.0 * self.operand_u + 4.0 * self.operand_u**2
+        """Relative error of one product of two converted operands, (1 + δ₁)(1 + δ₂) − 1:
+        2ε + ε², ε = operand_u when rounded, 2·operand_u when it may truncate (TF32:
+        4u_t + 4u_t², spec §7.4.1); 0 in strict modes."""
+        eps = self.operand_u * (2.0 if self.truncating else 1.0)
+        return 2.0 * eps + eps**2
 
     @property
     def accumulation_u(self) -> float:
-        """Unit roundoff of the accumulation of a matrix product: u, except where the operands
-        are converted (TF32): each step may err by one float32 ulp of what it adds (truncated or
-        unnormalised partial sums, spec §7.4.1), 2u."""
-        return 2.0 * self.u if self.operand_u else self.u
+        """Unit roundoff of a matrix product's accumulation: u, or 2u where it may truncate or
+        leave partial sums unnormalised (TF32, spec §7.4.1)."""
+        return 2.0 * self.u if self.truncating else self.u
 
 
 PRECISIONS: dict[tuple[str, str], Precision] = {
@@ -97,7 +102,7 @@ PRECISIONS.update({
     # (4u_t + 4u_t² + γ_n(2u)) Σ|w||a|, u_t = 2⁻¹¹, u = 2⁻²⁴ (spec §7.4.1, provisional).
     # Everything else is IEEE float32. PyTorch allow_tf32 = True; JAX default matmul precision.
     ("float32", "tf32"): Precision("float32/tf32", 2.0**-24, float(np.finfo(np.float32).tiny),
-                                   operand_u=TF32_U),
+                                   operand_u=TF32_U, truncating=True),
     # TF32 applies to float32 products only: a float64 run in tf32 mode is strict float64.
     ("float64", "tf32"): Precision("float64", 2.0**-53, float(np.finfo(np.float64).tiny)),
     # bfloat16 autocast (float32 parameters): matmul operands cast to bfloat16 and results

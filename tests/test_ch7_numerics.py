@@ -90,7 +90,7 @@ def float32_and_reference(c: Check) -> tuple[tuple[float, Grads], tuple[np.ndarr
             per_example_grads(c.problem))
 
 
-@pytest.mark.clause("7.1", "7.2")
+@pytest.mark.clause("7.1", "7.1.1", "7.1.6", "7.2")
 def test_numpy_float32_never_exceeds_the_tolerance():
     """No false alarm: the numpy backend in float32 (a real float32 computation) against the
     float64 reference, over 300+ drawn problems including cancelling ones, stays within the
@@ -125,6 +125,33 @@ def test_numpy_float32_never_exceeds_the_tolerance():
     print(f"\n§7.2 numpy float32: largest error/tolerance {largest['ratio']:.3g} "
           f"({largest['what']}) over {largest['examples']} examples")
     assert largest["ratio"] <= 1.0
+
+
+# -- §7.1.5 inputs are exact -----------------------------------------------------------------------
+def _float32_exact(p: Problem) -> bool:
+    arrays = [*p.params.values(), p.batch.inputs, p.batch.targets]
+    arrays += [] if p.batch.weights is None else [p.batch.weights]
+    return all(np.array_equal(a, np.asarray(a).astype(np.float32)) for a in arrays
+               if np.asarray(a).dtype.kind == "f")
+
+
+@pytest.mark.clause("7.1.5")
+@settings(max_examples=50, deadline=None)
+@given(problem=problems(reductions=("weighted",)))
+def test_a_problem_is_rounded_to_the_dtype_before_either_side_computes(problem):
+    """Values off the float32 grid (θ, x and c times 1 + 2⁻³⁰) are rounded to float32 before
+    the float32 backend and the reference compute: both see the same numbers, and the backend is
+    within the tolerance of the reference on the rounded problem."""
+    off = Problem(problem.network, problem.loss, problem.reduction,
+                  {k: v * (1 + 2.0**-30) for k, v in problem.params.items()},
+                  Batch(problem.batch.inputs * (1 + 2.0**-30), problem.batch.targets,
+                        problem.batch.weights * (1 + 2.0**-30)))
+    assume(not _float32_exact(off))
+    with check(NUMPY32, off) as c:
+        rounded = off.rounded("float32")
+        assert _float32_exact(c.problem) and all(
+            np.array_equal(c.problem.params[k], rounded.params[k]) for k in rounded.params)
+        checked_gradient(c, "∇L of the rounded problem")
 
 
 # -- §7.1.2 flush to zero ------------------------------------------------------------------------
