@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .grads import sites_of
-from .losses import coefficient_error, loss_bound
+from .losses import coefficient_error, cotangent_factors, loss_bound
 from .losses import rows as _rows
 from .numerics import REFERENCE, Precision, R, Rounding, gamma, precision
 from .problem import Problem
@@ -90,7 +90,8 @@ def error_bound(problem: Problem, p: Precision,
         cot = R(cot.v * m[:, None], cot.e * m[:, None])
     losses = R(rows_loss.v.reshape(n, t).sum(axis=1),
                rows_loss.e.reshape(n, t).sum(axis=1)
-               + gamma(t - 1, p.u) * np.abs(rows_loss.v).reshape(n, t).sum(axis=1))
+               + gamma(t - 1, p.u) * np.abs(rows_loss.v).reshape(n, t).sum(axis=1)
+               + r.sum_flush(R(rows_loss.v.reshape(n, t), rows_loss.e.reshape(n, t)), 1))
     kappa = problem.coefficients
     eps = coefficient_error(problem.reduction, problem.counts, problem.batch.weights, p.u)
     k_rows = np.repeat(kappa, t)
@@ -106,15 +107,22 @@ def error_bound(problem: Problem, p: Precision,
     # relative error ε_i), so underflow happens at the scaled magnitude; then a sum over all
     # rows (γ of the number of rows: a flat sum). A backend that instead scales per-example
     # gradients at the end makes one more rounding (u|κ_i g_i| + tiny), also added.
+    # κ_i is one more factor of the seed's product, multiplied in at any point: every partial
+    # product that includes it may flush (e.g. XLA forms κ_i·(1/D) first and flushes it when
+    # subnormal, then scales it by 2(f − y)): steps + terms + 1 (κ_i itself may be a quotient)
+    # flushes of ≤ tiny·max(1, |κ_i|)·Π max(1, |factor|) each (spec §7.1.2).
+    steps, terms, gain = cotangent_factors(problem.loss, problem.batch, fw.output)
     seed = R(k_rows[:, None] * cot.v,
              np.abs(k_rows)[:, None] * cot.e
              + (eps_rows + p.u)[:, None] * np.abs(k_rows[:, None] * cot.v)
-             + p.tiny * r.maybe_nonzero(cot))
+             + r.flush(steps + terms + 1, k_rows[:, None], gain) * r.maybe_nonzero(cot))
     scaled = _backward_bound(problem, fw, seed, r, n)
 
-    def reduce(err: np.ndarray, shadow: np.ndarray, rows: int) -> np.ndarray:
-        return (np.sum(err + p.u * shadow + p.tiny * (shadow > 0), axis=0)
-                + gamma(rows, p.u) * shadow.sum(0))
+    def reduce(err: np.ndarray, shadow: np.ndarray, rows: int, acc_u: float = p.u
+               ) -> np.ndarray:
+        # per row: a scaling (κ_i g_i) and an addition, each may underflow or flush
+        return (np.sum(err + p.u * shadow + 2 * p.tiny * (shadow > 0), axis=0)
+                + gamma(rows, acc_u) * shadow.sum(0))
 
     loss_terms = np.abs(kappa) * losses.e + eps * np.abs(kappa * losses.v)
     k_abs_loss = np.abs(kappa) * (np.abs(rows_loss.v).reshape(n, t).sum(axis=1))
@@ -122,7 +130,7 @@ def error_bound(problem: Problem, p: Precision,
         losses=losses.e,
         grads=per_example,
         loss=float(reduce(loss_terms, k_abs_loss, n * t)),
-        batch_grads={k: reduce(*scaled[k], n * t) for k in names},
+        batch_grads={k: reduce(*scaled[k], n * t, r.acc_u) for k in names},
     )
 
 
@@ -132,14 +140,14 @@ def _backward_bound(problem: Problem, fw: _Forward, g: R, r: Rounding,
     example's contribution (N, *shape): Σ over its rows of z̄ aᵀ and z̄ (Dense), ȳ ⊙ x̂ and ȳ
     (norms), the sum over T rows adding γ_{T−1} Σ|terms|."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    u = r.u
     layers = problem.network.layers
     first = min(int(name.split(".")[0]) for name in problem.network.param_shapes())
     t = g.v.shape[0] // n
 
     def per_example(e: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         e3, v3 = e.reshape((n, t) + e.shape[1:]), np.abs(v).reshape((n, t) + v.shape[1:])
-        return e3.sum(1) + gamma(t - 1, u) * v3.sum(1), v3.sum(1)
+        return (e3.sum(1) + gamma(t - 1, r.acc_u) * v3.sum(1) + r.sum_flush(R(v3, e3), 1),
+                v3.sum(1))
 
     for k in range(len(layers) - 1, first - 1, -1):
         own, g = layers[k].bound_backward(g, fw.inputs[k], fw.saved[k], fw.sites[k], r,

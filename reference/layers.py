@@ -85,9 +85,10 @@ class Dense(LayerUnit):
             out["bias"] = per_example(g.e + 0.5 * op * gv, g.v)
         if not need_input:
             return out, g
-        products = r.maybe_nonzero(g).astype(float) @ (w > 0)
+        sub = np.where(w < tiny, w, 0.0)  # a subnormal weight read as zero (spec §7.1.2)
         return out, R(g.v @ weight,
-                      g.e @ w + (gamma(w.shape[0], u) + op) * (gv @ w) + tiny * products)
+                      g.e @ w + (gamma(w.shape[0], r.acc_u) + op) * (gv @ w) + gv @ sub
+                      + r.products(r.maybe_nonzero(g), w))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from .types import ProblemError
 
 __all__ = [
     "CORE_LOSSES", "CORE_REDUCTIONS", "ELEMENTWISE_LOSSES", "LOSS_NAMES", "REDUCTION_NAMES",
-    "Loss", "Reduction", "coefficient_error", "loss_bound", "rows",
+    "Loss", "Reduction", "coefficient_error", "cotangent_factors", "loss_bound", "rows",
 ]
 
 LOSS_NAMES = ("squared_error", "softmax_cross_entropy", "bce_with_logits", "huber",
@@ -150,8 +150,52 @@ def _abs_terms(r: Rounding, v: np.ndarray, e: np.ndarray, shadow: np.ndarray, op
     return R(v, e + ops * r.u * shadow + r.tiny)
 
 
+def cotangent_factors(loss: Loss, b: Batch, out: R) -> tuple[int, int, np.ndarray]:
+    """∂ℓ/∂f as a backend forms it: a sum of ``terms`` products of factors, formed in any order,
+    each of which may flush a subnormal partial product (spec §7.1.2). Returns (the number of
+    product and addition steps, the number of product terms, Π max(1, |factor|) of a term, the
+    largest over the terms; (M, D)):
+
+    squared error  (1/D)·2·r                         2 steps, gain 2·max(1, |r|)
+    huber          (1/D)·½·2·q and (1/D)·δ·sign(r)   7 steps, gain 2·max(1, q, δ), q = min(|r|, δ)
+    gaussian NLL   (1/D)·½·(1/v)·2·r                 4 steps, gain 2·max(1, 1/v)·max(1, |r|)
+    BCE            (1/D)·y·σ(−z) and (1/D)(1 − y)σ(z)   5 steps, gain 1 (every factor ≤ 1)
+    cross-entropy  (Σ_j w_j q̃_j)·p_k − w_k q̃_k     3C + 3 steps (q̃ and Σ formed too),
+                                                     gain max(1, max w)·max(1, Σ|w q̃|)
+    The batch seed multiplies in κ_i as one more factor (``reference.bounds``)."""
+    lead = 2 if b.sequence else 1
+    shape = out.v.shape
+    mag = np.abs(out.v) + out.e
+    if loss.name == "softmax_cross_entropy":
+        c = shape[1]
+        w = np.ones(c) if loss.class_weights is None else np.abs(np.asarray(loss.class_weights))
+        q = smoothed_targets(rows(b.targets, lead), c, loss.label_smoothing, loss.ignore_index)
+        total = np.sum(w * np.abs(q), axis=1, keepdims=True)
+        gain = max(1.0, float(w.max())) * np.maximum(1.0, total)
+        return 3 * c + 3, 2, np.broadcast_to(gain, shape)
+    y = rows(b.targets, lead)
+    r = mag + np.abs(y)  # |f − y| ≤ |f| + e + |y|: the residual's magnitude, computed or exact
+    if loss.name == "squared_error":
+        return 2, 1, 2.0 * np.maximum(1.0, r)
+    if loss.name == "huber":
+        return 7, 2, 2.0 * np.maximum(np.maximum(1.0, np.minimum(r, loss.delta)), loss.delta)
+    if loss.name == "gaussian_nll":
+        assert b.variances is not None
+        var = rows(b.variances, lead)
+        return 4, 1, 2.0 * np.maximum(1.0, 1.0 / var) * np.maximum(1.0, r)
+    return 5, 2, np.ones(shape)  # bce_with_logits
+
+
 def loss_bound(loss: Loss, b: Batch, out: R, r: Rounding) -> tuple[R, R]:
-    """Rows of f (M, D) → (ℓ per row (M,), ∂ℓ/∂f (M, D)) with error bounds (spec §7.1, §3)."""
+    """Rows of f (M, D) → (ℓ per row (M,), ∂ℓ/∂f (M, D)) with error bounds (spec §7.1, §3);
+    ∂ℓ/∂f includes its flushed partial products formed in any order (§7.1.2)."""
+    value, cot = _loss_bound(loss, b, out, r)
+    steps, _, gain = cotangent_factors(loss, b, out)
+    flushed = r.tiny * steps * gain * r.maybe_nonzero(cot)
+    return value, R(cot.v, cot.e + flushed)
+
+
+def _loss_bound(loss: Loss, b: Batch, out: R, r: Rounding) -> tuple[R, R]:
     lead = 2 if b.sequence else 1
     d = out.v.shape[1]
     inv_d = r.const(1.0 / d)

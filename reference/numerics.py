@@ -5,8 +5,12 @@ Each number here is a stated assumption of the floating-point model (spec §7.1)
 tests pass:
 
 * basic operations round correctly:  fl(x ∘ y) = (x ∘ y)(1 + δ) + η,  |δ| ≤ u,  |η| ≤ tiny,
-  where η = 0 for + and − (IEEE addition never underflows inexactly) and for a product with an
-  exactly-zero factor; tiny is the smallest normal number (flush-to-zero included)
+  tiny the smallest normal number; η = 0 for an exactly-zero operand or result (§7.1.1)
+* a backend may flush subnormal results to zero (XLA on the CPU does), + and − included (§7.1.2):
+  a ± whose result may be subnormal gets η ≤ tiny, a sum of k possibly non-zero terms
+  (k − 1)·tiny, and a product of several factors formed in any order may flush a partial
+  product: error ≤ tiny·Π(the other factors' magnitudes, each counted at least 1) per product
+  step (``flush``), carried through later operations by the first-order propagation
 * a library elementary function (exp, log, log1p, tanh, erf) is within ELEMENTARY_ULPS ulps,
   i.e. relative error ≤ 2·ELEMENTARY_ULPS·u (1 ulp(x) ≤ 2u|x|)
 * a sum or inner product of n terms, in any order or blocking, errs by ≤ γ_n Σ|terms|,
@@ -41,9 +45,11 @@ __all__ = [
 ]
 
 ELEMENTARY_ULPS = 4
-"""Accuracy assumed of exp, log, log1p, tanh, erf: the largest documented error among the math
-libraries the built-in backends call (CUDA erfcf: 4 ulp; expf, tanhf, erff: 2 ulp; SLEEF u10/u35:
-1 to 3.5 ulp; glibc: ≤ 3 ulp)."""
+"""Accuracy assumed of exp, log, log1p, tanh, erf: 4 ulp, i.e. relative error ≤ 8u (spec §7.1.4).
+An assumption chosen with margin over what was measured (PyTorch 2.13 CPU float32 ≤ 1.96 ulp;
+JAX 0.10 tanh 4.4u, erf 5.3u relative, XLA's own polynomials) and over documented maxima of some
+libraries (CUDA erfcf 4 ulp; expf, tanhf, erff 2 ulp; SLEEF u10/u35 1 to 3.5 ulp), not a
+documented maximum of every library."""
 
 
 @dataclass(frozen=True)
@@ -54,13 +60,27 @@ class Precision:
     u: float
     tiny: float
     operand_u: float = 0.0
-    """Unit roundoff of a shorter format both operands of every matrix product are rounded to
-    before exact products are accumulated at ``u`` (TF32: 2⁻¹¹; spec §7.4). 0: not rounded."""
+    """Unit roundoff of a shorter format both operands of every matrix product are converted to
+    before exact products are accumulated (TF32: 2⁻¹¹; bfloat16 autocast: 2⁻⁸; spec §7.4).
+    0: not converted."""
+    truncating: bool = False
+    """The conversion and the accumulation may truncate (TF32 on tensor cores, spec §7.4.1):
+    each conversion errs by < 1 ulp of the short format (2·operand_u) and each accumulation
+    step by < 1 float32 ulp of what it adds (2u), instead of half an ulp."""
 
     @property
     def product_rel(self) -> float:
-        """Relative error of one product of two rounded operands: (1 + δ₁)(1 + δ₂) − 1."""
-        return 2.0 * self.operand_u + self.operand_u**2
+        """Relative error of one product of two converted operands, (1 + δ₁)(1 + δ₂) − 1:
+        2ε + ε², ε = operand_u when rounded, 2·operand_u when it may truncate (TF32:
+        4u_t + 4u_t², spec §7.4.1); 0 in strict modes."""
+        eps = self.operand_u * (2.0 if self.truncating else 1.0)
+        return 2.0 * eps + eps**2
+
+    @property
+    def accumulation_u(self) -> float:
+        """Unit roundoff of a matrix product's accumulation: u, or 2u where it may truncate or
+        leave partial sums unnormalised (TF32, spec §7.4.1)."""
+        return 2.0 * self.u if self.truncating else self.u
 
 
 PRECISIONS: dict[tuple[str, str], Precision] = {
@@ -76,11 +96,13 @@ BF16_U = 2.0**-8
 """bfloat16: float32's 8-bit exponent, 7 explicit mantissa bits (8 significant): u = 2⁻⁸."""
 
 PRECISIONS.update({
-    # Matrix products round both operands to TF32 (products of 11-bit significands are exact in
-    # float32) and accumulate in float32: (2·2⁻¹¹ + 2⁻²² + γ_n(2⁻²⁴)) Σ|w||a| (spec §7.4).
+    # Matrix products convert both operands to TF32 (rounded or truncated: < 1 TF32 ulp each;
+    # products of 11-bit significands are exact in float32) and accumulate in float32 with
+    # < 1 float32 ulp per step (truncated or unnormalised partial sums included):
+    # (4u_t + 4u_t² + γ_n(2u)) Σ|w||a|, u_t = 2⁻¹¹, u = 2⁻²⁴ (spec §7.4.1, provisional).
     # Everything else is IEEE float32. PyTorch allow_tf32 = True; JAX default matmul precision.
     ("float32", "tf32"): Precision("float32/tf32", 2.0**-24, float(np.finfo(np.float32).tiny),
-                                   operand_u=TF32_U),
+                                   operand_u=TF32_U, truncating=True),
     # TF32 applies to float32 products only: a float64 run in tf32 mode is strict float64.
     ("float64", "tf32"): Precision("float64", 2.0**-53, float(np.finfo(np.float64).tiny)),
     # bfloat16 autocast (float32 parameters): matmul operands cast to bfloat16 and results
@@ -140,10 +162,37 @@ class Rounding:
         self.u, self.tiny = p.u, p.tiny
         self.fn_rel = 2 * ELEMENTARY_ULPS * p.u
         self.op_rel = p.product_rel  # 0 in strict modes (spec §7.4)
+        self.acc_u = p.accumulation_u  # u in strict modes, 2u under tf32 (spec §7.4.1)
 
     def exact(self, v: np.ndarray | float) -> R:
+        """A value of the problem as the backend holds it: exact, except that a subnormal may
+        be read as zero (spec §7.1.2: an input error of |v| < tiny)."""
         v = np.asarray(v, dtype=np.float64)
-        return R(v, np.zeros_like(v))
+        return R(v, np.where(np.abs(v) < self.tiny, np.abs(v), 0.0))
+
+    def flush(self, steps: int | np.ndarray, *factors: np.ndarray) -> np.ndarray:
+        """Flushed partial products of a product of several factors formed in any order (spec
+        §7.1.2): each of ``steps`` product (or addition) steps may flush a subnormal partial
+        result, an error ≤ tiny then multiplied by the factors not yet in it, ≤ tiny·Π max(1,
+        |f|) over all the factors. 0 where a factor is exactly zero."""
+        gain = np.ones(())
+        nonzero = np.ones((), dtype=bool)
+        for f in factors:
+            gain = gain * np.maximum(1.0, np.abs(f))
+            nonzero = nonzero & (f != 0)
+        return self.tiny * np.asarray(steps) * gain * nonzero
+
+    def sum_flush(self, x: R, axis: int) -> np.ndarray:
+        """A sum of k possibly non-zero terms: k − 1 additions, each may flush a subnormal
+        partial sum (≤ tiny; spec §7.1.2)."""
+        k = self.maybe_nonzero(x).sum(axis)
+        return self.tiny * np.maximum(k - 1, 0)
+
+    def _pm(self, v: np.ndarray, e: np.ndarray) -> R:
+        """+ or −: rounded (relative u), and a result that may be subnormal and non-zero may be
+        flushed (η ≤ tiny, spec §7.1.2); a normal result is never flushed."""
+        may = ((np.abs(v) + e) > 0) & ((np.abs(v) - e) < self.tiny)
+        return self._round(v, e, may)
 
     def const(self, c: float) -> R:
         """A real constant (2/D, √½, …) as the backend holds it: rounded once."""
@@ -157,10 +206,10 @@ class Rounding:
         return (np.abs(x.v) + x.e) > 0
 
     def add(self, x: R, y: R) -> R:
-        return self._round(x.v + y.v, x.e + y.e)
+        return self._pm(x.v + y.v, x.e + y.e)
 
     def sub(self, x: R, y: R) -> R:
-        return self._round(x.v - y.v, x.e + y.e)
+        return self._pm(x.v - y.v, x.e + y.e)
 
     def mul(self, x: R, y: R) -> R:
         nz = self.maybe_nonzero(x) & self.maybe_nonzero(y)
@@ -197,16 +246,24 @@ class Rounding:
 
     def sum(self, x: R, axis: int) -> R:
         n = x.v.shape[axis]
-        return R(x.v.sum(axis), x.e.sum(axis) + gamma(n, self.u) * np.abs(x.v).sum(axis))
+        return R(x.v.sum(axis), x.e.sum(axis) + gamma(n, self.u) * np.abs(x.v).sum(axis)
+                 + self.sum_flush(x, axis))
+
+    def products(self, nonzero: np.ndarray, aw: np.ndarray) -> np.ndarray:
+        """tiny per possibly non-zero product of a matrix product and per addition of them
+        (2k − 1 for k products: each may underflow or flush, spec §7.1.1, §7.1.2)."""
+        k = nonzero.astype(float) @ (aw > 0).astype(float)
+        return self.tiny * np.maximum(2 * k - 1, 0)
 
     def matmul(self, x: R, w: np.ndarray) -> R:
-        """x Wᵀ for exact W (n_out, n_in): n_in products (each may underflow), summed."""
+        """x Wᵀ for exact W (n_out, n_in): n_in products (each may underflow), summed at the
+        accumulation's unit roundoff; a subnormal W_oi read as zero errs by |W_oi||x_i|."""
         n = w.shape[1]
         aw = np.abs(w)
         shadow = np.abs(x.v) @ aw.T
-        products = (self.maybe_nonzero(x).astype(float) @ (aw > 0).T.astype(float))
-        return R(x.v @ w.T, x.e @ aw.T + (gamma(n, self.u) + self.op_rel) * shadow
-                 + self.tiny * products)
+        sub = np.where(aw < self.tiny, aw, 0.0)
+        return R(x.v @ w.T, x.e @ aw.T + (gamma(n, self.acc_u) + self.op_rel) * shadow
+                 + np.abs(x.v) @ sub.T + self.products(self.maybe_nonzero(x), aw.T))
 
     def sqrt(self, x: R) -> R:
         """√x for x ≥ 0: correctly rounded (relative u), plus the propagated error

@@ -44,11 +44,13 @@ __all__ = [
     "sum_type", "summed_scales",
 ]
 
-SCALE_ROUNDINGS = 3
+SCALE_ROUNDINGS = 4
 """Roundings between an exact scale S_r and its application to a gradient: the scale computed as
-a float (n_r/N, 1/R, R·Ω_r/Ω), its product into the loss or the backward seed, and a division by
-the world size after the backward pass (DistributedDataParallel divides each gradient by R).
-Each is one correctly rounded operation, relative error ≤ u (spec §7.1)."""
+a float (n_r/N, 1/R, R·Ω_r/Ω), its product into the loss or the backward seed, and the world-size
+average after the backward pass, which DistributedDataParallel's reducer forms as a
+multiplication by a rounded reciprocal, fl(1/R) (``reducer.cpp``), not as a division: two
+roundings, fl(1/R) and the product. Each is one correctly rounded operation, relative error ≤ u
+(spec §5.6, §7.1)."""
 
 PENALTY_ROUNDINGS = 2
 """Roundings in the gradient λθ of the penalty (λ/2)‖θ‖² as autodiff computes it: the constant

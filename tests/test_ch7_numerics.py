@@ -90,7 +90,7 @@ def float32_and_reference(c: Check) -> tuple[tuple[float, Grads], tuple[np.ndarr
             per_example_grads(c.problem))
 
 
-@pytest.mark.clause("7.1", "7.2")
+@pytest.mark.clause("7.1", "7.1.1", "7.1.6", "7.2")
 def test_numpy_float32_never_exceeds_the_tolerance():
     """No false alarm: the numpy backend in float32 (a real float32 computation) against the
     float64 reference, over 300+ drawn problems including cancelling ones, stays within the
@@ -125,6 +125,108 @@ def test_numpy_float32_never_exceeds_the_tolerance():
     print(f"\n§7.2 numpy float32: largest error/tolerance {largest['ratio']:.3g} "
           f"({largest['what']}) over {largest['examples']} examples")
     assert largest["ratio"] <= 1.0
+
+
+# -- §7.1.5 inputs are exact -----------------------------------------------------------------------
+def _float32_exact(p: Problem) -> bool:
+    arrays = [*p.params.values(), p.batch.inputs, p.batch.targets]
+    arrays += [] if p.batch.weights is None else [p.batch.weights]
+    return all(np.array_equal(a, np.asarray(a).astype(np.float32)) for a in arrays
+               if np.asarray(a).dtype.kind == "f")
+
+
+@pytest.mark.clause("7.1.5")
+@settings(max_examples=50, deadline=None)
+@given(problem=problems(reductions=("weighted",)))
+def test_a_problem_is_rounded_to_the_dtype_before_either_side_computes(problem):
+    """Values off the float32 grid (θ, x and c times 1 + 2⁻³⁰) are rounded to float32 before
+    the float32 backend and the reference compute: both see the same numbers, and the backend is
+    within the tolerance of the reference on the rounded problem."""
+    off = Problem(problem.network, problem.loss, problem.reduction,
+                  {k: v * (1 + 2.0**-30) for k, v in problem.params.items()},
+                  Batch(problem.batch.inputs * (1 + 2.0**-30), problem.batch.targets,
+                        problem.batch.weights * (1 + 2.0**-30)))
+    assume(not _float32_exact(off))
+    with check(NUMPY32, off) as c:
+        rounded = off.rounded("float32")
+        assert _float32_exact(c.problem) and all(
+            np.array_equal(c.problem.params[k], rounded.params[k]) for k in rounded.params)
+        checked_gradient(c, "∇L of the rounded problem")
+
+
+# -- §7.1.2 flush to zero ------------------------------------------------------------------------
+TINY32 = float(np.finfo(np.float32).tiny)
+FTZ = "batchgrad_spec.faults.precision:flush_to_zero"
+FLUSHING = [FTZ] + (["jax"] if "jax" in harness.available_builtins() else [])
+"""Backends that flush subnormals: the numpy emulation always, jax (XLA on the CPU) where
+installed."""
+
+
+def _flush_cases() -> dict[str, Problem]:
+    """A weight c = tiny (float32's smallest normal) whose seed c·(1/D) is subnormal: the
+    reproduced §2.3 false alarm (∂L/∂W2[1,0] = 16c), and issue #12's four identity-connected
+    layers (∂L/∂b = 3c)."""
+    ident = Activation("identity")
+    two = Problem(Network((Dense(2, 1), ident, Dense(1, 2))), Loss("squared_error"),
+                  Reduction("weighted"), {"0.weight": [[1.0, 1.0]], "0.bias": [0.0],
+                                          "2.weight": [[0.0], [1.0]], "2.bias": [0.0, 0.0]},
+                  Batch([[2.0, 2.0]], [[0.0, 0.0]], weights=[TINY32]))
+    layers = (Dense(1, 1), ident, Dense(1, 1), ident, Dense(1, 1), ident, Dense(1, 2))
+    params = {f"{k}.{n}": v for k in (0, 2, 4) for n, v in (("weight", [[1.0]]), ("bias", [0.0]))}
+    params |= {"6.weight": [[0.0], [1.0]], "6.bias": [0.0, 0.0]}
+    four = Problem(Network(layers), Loss("squared_error"), Reduction("weighted"), params,
+                   Batch([[3.0]], [[0.0, 0.0]], weights=[TINY32]))
+    return {"2.3-false-alarm": two, "issue-12-four-layers": four}
+
+
+def _flush_target(spec: str) -> Target:
+    return Target(spec, harness.load(spec), Config("cpu", "float32"), clause="7.1.2")
+
+
+@pytest.mark.clause("7.1.2")
+@pytest.mark.parametrize("case", sorted(_flush_cases()))
+@pytest.mark.parametrize("spec", FLUSHING)
+def test_a_flushed_subnormal_intermediate_of_the_backward_pass_is_within_the_bound(
+        spec, case, monkeypatch):
+    """The backend flushes c·(1/D) and returns 0 where the gradient is a normal multiple of c;
+    the model covers it (spec §7.1.2). Without the seed's flush term (0.1.0's model) the same
+    comparison is a false alarm."""
+    with check(_flush_target(spec), _flush_cases()[case]) as c:
+        _, grads = c.loss_and_grad()
+        _, ref = batch_grad(c.problem)
+        assert any(np.any((grads[k] == 0) & (ref[k] >= TINY32)) for k in ref), "nothing flushed"
+        c.close(grads, ref, c.tol().batch_grads, what="∇L with a flushed seed",
+                expect="batch_grad(problem)[1]")
+        import reference.bounds as bounds
+        import reference.losses as losses
+        for module in (bounds, losses):
+            monkeypatch.setattr(module, "cotangent_factors",
+                                lambda loss, b, out: (0, 0, np.zeros(out.v.shape)))
+        assert caught(c, grads, ref, problem_tolerance(c.problem, "float32").batch_grads,
+                      what="∇L without the seed's flush term")
+
+
+@st.composite
+def near_underflow(draw: st.DrawFn) -> Problem:
+    """Chapter-2 problems with weights c_i within 64× of tiny, and sometimes inputs too."""
+    p = draw(problems(reductions=("weighted",)))
+    n = p.batch.size
+    c = draw(st.lists(st.floats(TINY32, 64 * TINY32, width=32), min_size=n, max_size=n))
+    x = p.batch.inputs
+    if draw(st.booleans(), label="inputs near tiny"):
+        x = (x * np.float32(2.0**-120)).astype(np.float32).astype(np.float64)
+    return p.with_batch(Batch(x, p.batch.targets, np.asarray(c)))
+
+
+@pytest.mark.clause("7.1.2")
+@pytest.mark.parametrize("spec", FLUSHING)
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(problem=near_underflow())
+def test_problems_near_the_underflow_threshold_stay_within_the_bound_when_subnormals_are_flushed(
+        spec, problem):
+    with check(_flush_target(spec), problem) as c:
+        checked_gradient(c, "∇L near the underflow threshold")
 
 
 # -- §7.2 The tolerance: a wrong gradient is caught ----------------------------------------------
