@@ -32,7 +32,7 @@ GRID = np.linspace(-20.0, 20.0, 40_001)  # step 10⁻³
 H = 1e-4  # central-difference step: truncation ~H²·|σ''''| ≈ 10⁻⁹, rounding ~u/H ≈ 10⁻¹²
 
 
-@pytest.mark.clause("7.1", "7.1.6")
+@pytest.mark.clause("7.1.6")
 @pytest.mark.parametrize("name", ACTIVATION_NAMES)
 def test_curvature_is_the_supremum_of_the_second_derivative(name):
     """CURVATURE[σ] bounds |σ''| on [−20, 20] and is attained within 1%: it is the sup, not a
@@ -52,7 +52,7 @@ def test_curvature_is_the_supremum_of_the_second_derivative(name):
         assert sup >= 0.99 * m2, f"CURVATURE[{name!r}] = {m2} but sup|{name}''| ≈ {sup}"
 
 
-@pytest.mark.clause("7.1", "7.1.4")
+@pytest.mark.clause("7.1.4")
 def test_elementary_ulps_is_documented():
     """ELEMENTARY_ULPS carries a docstring saying which libraries' documented accuracy it is."""
     tree = ast.parse(inspect.getsource(numerics))
@@ -85,7 +85,7 @@ ELEMENTARY = [("numpy", f) for f in ("exp", "log", "log1p", "tanh")] + [
     (fw, f) for fw in ("torch", "jax") for f in ("exp", "log", "log1p", "tanh", "erf")]
 
 
-@pytest.mark.clause("7.1", "7.1.4")
+@pytest.mark.clause("7.1.4")
 @pytest.mark.parametrize(("framework", "fn"), ELEMENTARY, ids=[f"{a}-{b}" for a, b in ELEMENTARY])
 def test_elementary_functions_meet_the_assumed_accuracy_in_float32(request, framework, fn):
     """A float32 elementary function errs by ≤ 2·ELEMENTARY_ULPS·u relative (§7.1 item 3), on a
@@ -107,7 +107,7 @@ def test_elementary_functions_meet_the_assumed_accuracy_in_float32(request, fram
         f"assumed {2 * ELEMENTARY_ULPS}u")
 
 
-@pytest.mark.clause("7.1", "7.1.6")
+@pytest.mark.clause("7.1.6")
 @pytest.mark.parametrize("name", ACTIVATION_NAMES)
 def test_float32_activations_are_within_their_evaluation_bound(name):
     """σ and σ' evaluated in float32 by the reference formulas (the numpy backend) at exact
@@ -125,7 +125,7 @@ def test_float32_activations_are_within_their_evaluation_bound(name):
     assert np.all(np.abs(s32 - s64) <= s_b32.e + s_b64.e), name
 
 
-@pytest.mark.clause("7.1", "7.1.3")
+@pytest.mark.clause("7.1.3")
 def test_gamma_is_the_sum_error_factor():
     """γ_n = nu/(1 − nu) (Higham §3.1), and it bounds float32 sums in any order."""
     for n in (1, 2, 16, 1000):
@@ -168,7 +168,7 @@ def _framework_activation(framework: str, name: str):
 KERNELS = [(fw, n) for fw in ("torch", "jax") for n in ACTIVATION_NAMES if n != "identity"]
 
 
-@pytest.mark.clause("7.1", "7.1.4")
+@pytest.mark.clause("7.1.4")
 @pytest.mark.parametrize(("framework", "name"), KERNELS, ids=[f"{a}-{b}" for a, b in KERNELS])
 def test_activation_kernels_are_within_the_model(request, framework, name):
     """Each framework's own float32 activation kernel (value and autodiff slope) at exact float32
