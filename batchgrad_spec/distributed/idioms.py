@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,10 +35,12 @@ from reference.losses import Loss, Reduction
 from reference.parallel import normaliser, shards, sum_type
 from reference.problem import Problem
 
+from ..resources import SPEC
+
 __all__ = ["LAM", "Idiom", "expected", "idioms", "problem_for", "run_jax", "run_torch",
            "table_idioms"]
 
-CHAPTER = Path(__file__).resolve().parents[2] / "spec" / "05-accumulation-and-parallelism.md"
+CHAPTER = SPEC / "05-accumulation-and-parallelism.md"  # the checkout's spec/, or the wheel's
 LAM = 0.25
 """λ of the penalty idioms (§5.10)."""
 SIZES = {"5.7": (1, 2, 3)}
