@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .resources import INSTALLED, ROOT, TESTS
 
@@ -25,13 +26,24 @@ SETTINGS = (
 )
 
 
+def _is_test_path(arg: str) -> bool:
+    path = arg.split("::")[0]
+    return (path.startswith("tests") and not Path(path).exists()
+            and (ROOT / path).exists() and (ROOT / path).resolve().is_relative_to(TESTS))
+
+
+def _within_tests(arg: str) -> bool:
+    path = Path(arg.split("::")[0])
+    return not arg.startswith("-") and path.exists() and path.resolve().is_relative_to(TESTS)
+
+
 def pytest_args(argv: Sequence[str]) -> list[str]:
     """The pytest command line the ``batchgrad-spec`` command runs for ``argv``."""
     # a test path may be given as its node id (``tests/test_ch2_core.py::test_...``): it is
-    # found under ROOT, where the chapter tests are, whatever the current directory
-    argv = [str(ROOT / a) if a.startswith("tests/") and not a.startswith("-") else a
-            for a in argv]
-    selects = any(a.startswith(str(TESTS)) for a in argv)
+    # found under ROOT, where the chapter tests are, whatever the current directory (only a
+    # path that names a test file or folder there and nothing here: not an option's value)
+    argv = [str(ROOT / a) if _is_test_path(a) else a for a in argv]
+    selects = any(_within_tests(a) for a in argv)
     where = [] if selects else [str(TESTS)]
     if INSTALLED:
         # installed: no ini file of ours is found next to the tests, so give its settings; the

@@ -32,13 +32,15 @@ import pytest
 from reference.contract import Config
 from reference.problem import DTYPES
 
-from . import harness, profiles, session, stats  # noqa: F401  (profiles: registered on import)
+from . import harness, profiles, session, stats
 from .report.record import seed_text
 
 __all__ = ["ACCELERATORS", "targets"]
 
 # conformance reports and the xfails file (spec §8.5)
 pytest_plugins = ["batchgrad_spec.report.hooks"]
+
+profiles.load_default()  # at import, before Hypothesis reads --hypothesis-profile
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

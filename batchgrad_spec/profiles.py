@@ -1,7 +1,8 @@
-"""The Hypothesis profiles of the suite: ``dev``, ``ci`` and ``thorough`` (registered on import).
+"""The Hypothesis profiles of the suite: ``dev``, ``ci`` and ``thorough``.
 
-``dev`` is loaded by default, ``ci`` when the environment variable ``CI`` is set; pytest's
-``--hypothesis-profile`` chooses another.
+Importing this module only registers them (a library user's own loaded profile is left alone).
+The pytest plugin calls ``load_default()``: ``dev``, or ``ci`` when the environment variable
+``CI`` is set; pytest's ``--hypothesis-profile`` chooses another.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-__all__ = ["PROFILES"]
+__all__ = ["load_default"]
 
-# --------------------------------------------------------------------------
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                      HealthCheck.data_too_large])
 # derandomize is explicit everywhere: under CI=true Hypothesis's own defaults (the parent of
@@ -20,6 +20,8 @@ _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
 settings.register_profile("dev", max_examples=20, derandomize=False, **_common)
 settings.register_profile("ci", max_examples=100, derandomize=True, print_blob=True, **_common)
 settings.register_profile("thorough", max_examples=1000, derandomize=False, **_common)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
-PROFILES = ("dev", "ci", "thorough")
+
+def load_default() -> None:
+    """Load ``ci`` when the environment variable ``CI`` is set, else ``dev``."""
+    settings.load_profile("ci" if os.environ.get("CI") else "dev")

@@ -34,8 +34,14 @@ def fail(message: str) -> None:
     raise SystemExit(1)
 
 
+SCRIPT = Path(sys.executable).parent / "batchgrad-spec"
+"""The console script pip installed beside this python (the [project.scripts] entry)."""
+
+
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "batchgrad_spec", *args]
+    if not SCRIPT.exists():
+        fail(f"{SCRIPT} was not installed: the wheel's console script is missing")
+    command = [str(SCRIPT), *args]
     print("$", " ".join(["batchgrad-spec", *args]), flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=1800)

@@ -94,6 +94,8 @@ def table_idioms(clause: str = "5.9", text: str | None = None) -> list[Idiom]:
     ``grad = <expression>`` in each mode (``check_vma`` True, then False)."""
     text = CHAPTER.read_text(encoding="utf-8") if text is None else text
     start = text.find(f'<a id="s{clause}"></a>')
+    if start < 0:
+        raise ValueError(f"§{clause} has no anchor in {CHAPTER.name}")
     out = []
     for line in text[start + 1:].split('\n<a id="s', 1)[0].splitlines():
         m = TABLE_ROW.match(line)

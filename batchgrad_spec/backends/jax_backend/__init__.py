@@ -22,8 +22,8 @@ The rooms, in import order (each imports only rooms above it):
 * ``adapter``: ``JaxBackend``, the backend contract's methods.
 
 This package re-exports the names other modules use (``backend``, ``JaxBackend``, ``ACTIVATIONS``,
-``Padded``, ``pad``/``unpad`` and the programs; ``_pad``, ``_unpad`` and ``_padded_batch`` are the
-names they had when the backend was one module).
+``Padded``, ``pad``/``unpad`` and the programs; ``_padded_batch`` keeps the name it had when the
+backend was one module: a program's name is part of its key in the compilation cache).
 """
 
 from __future__ import annotations
@@ -62,9 +62,6 @@ from .padded import (
 from .padded import _padded_batch as _padded_batch
 from .plain import PLAIN_CACHE_LIMIT
 from .update import optax_optimizer
-
-_pad = pad
-_unpad = unpad
 
 __all__ = [
     "ACCUMULATE_AVERAGE", "ACCUMULATE_SUM", "ACTIVATIONS", "CACHE_MAX_BYTES", "CORE_LOSS_KINDS",

@@ -5,8 +5,8 @@
 * ``plain``: its forward as written, in the plain programs (``plain``);
 * ``slot``: its slot kind in the padded normal form (``padded.SLOT_KINDS``), or None for Dense,
   which opens a block of its own (``buckets.Layout``);
-* ``pad``: writes its parameters and per-slot data into the bucket's arrays (``buckets._pad``);
-* ``unpad``: its parameters' gradients, sliced out of the padded gradients (``buckets._unpad``);
+* ``pad``: writes its parameters and per-slot data into the bucket's arrays (``buckets.pad``);
+* ``unpad``: its parameters' gradients, sliced out of the padded gradients (``buckets.unpad``);
 * ``couples``: whether it makes ℓ_i depend on the other examples, so that per-example gradients
   are undefined (spec §4.3: a train-mode BatchNorm).
 

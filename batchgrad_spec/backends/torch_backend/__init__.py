@@ -58,10 +58,10 @@ __all__ = ["GAUSSIAN_NLL_EPS", "IGNORE", "SOFTPLUS_THRESHOLD", "MaskDropout", "N
            "extra_tensors", "map_extra", "per_example_loss", "precision_region", "reduced_loss",
            "tensors", "to_numpy", "torch_optimizer", "train_mode_batchnorm"]
 
-# the names of the single-module backend, still used by batchgrad_spec.distributed.torch_ddp
-# (tb._tensors, tb._extra, tb._strict), benchmarks/bench.py and tests/test_ch7_numerics.py
+# the names of the single-module backend, still used by batchgrad_spec/distributed/torch_ddp.py
+# (tb._tensors, tb._extra, tb._strict), benchmarks/torch_func.py and tests/test_ch7_kernels.py
+# (_activation)
 _tensors = tensors
 _extra = extra_tensors
 _strict = precision_region
-_numpy = to_numpy
 _activation = activation
