@@ -143,6 +143,12 @@ def mismatch_report(observed: np.ndarray, expected: np.ndarray, tol: np.ndarray,
     return "\n    ".join(lines), worst
 
 
+ACCURACY_HINT = (
+    "if a framework's kernel is less accurate than the model's 4 ulp (§7.1.4), that is a finding "
+    "about accuracy, not a false alarm: `python -m batchgrad_spec.accuracy --backend {spec} "
+    "--dtype {dtype}` names the elementary function")
+"""The line a float32 comparison failure ends with (spec §7.1.4, Appendix A)."""
+
 CALLS = {
     "loss_and_grad": ("checked_loss_and_grad(backend, problem, config)", "batch_grad(problem)"),
     "per_example": ("checked_per_example(backend, problem, config, method)",
@@ -248,11 +254,17 @@ class Check:
             return
         report, worst = mismatch_report(np.asarray(observed), np.asarray(expected),
                                         np.asarray(tol))
-        stats.count_ratio(self.target, worst, what)
+        def example() -> str:  # made only when kept: a new largest ratio, or a failure
+            return self.repro(call, expect)
+
+        stats.count_ratio(self.target, worst, what, example)
         if report:
-            stats.count_failure(self.target)
+            stats.count_failure(self.target, worst, example)
+            t = self.target
+            hint = ("" if t.config.dtype == "float64" else "\n  accuracy: " + ACCURACY_HINT.format(
+                spec=t.spec, dtype=t.config.dtype))
             self.fail(f"{what} (shape {np.shape(expected)}): {report}\n"
-                      f"  [{call}] vs reference [{expect}]",
+                      f"  [{call}] vs reference [{expect}]{hint}",
                       snippet=(call, expect))
 
     def fail(self, detail: str, snippet: tuple[str, str] | None = None) -> None:

@@ -33,7 +33,8 @@ from reference.contract import Config
 from reference.problem import DTYPES
 
 from . import harness, profiles, session, stats
-from .report.record import seed_text
+from .report.endings import ERROR, INTERRUPTED, ending
+from .report.record import NO_TARGET, seed_text
 
 __all__ = ["ACCELERATORS", "targets"]
 
@@ -191,26 +192,45 @@ _ABSENT = pytest.StashKey[AbsentDevices]()
 
 
 # -- the run statistics of each test item --------------------------------------------------------
+_RUNNING = pytest.StashKey[dict[str, stats.Column]]()
+"""The test items set up and not yet torn down, with their column: at an interrupt, the ones
+that were running (spec §8.8)."""
+
+
+def _column(item: pytest.Item) -> stats.Column:
+    key = session.item_key(item)
+    return key[1:] if key is not None else NO_TARGET  # type: ignore[return-value]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     key = session.item_key(item)
     if key is not None:
         item.stash[session.BEFORE] = (key, stats.snapshot(key))
+    item.config.stash.setdefault(_RUNNING, {})[item.nodeid] = _column(item)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: after the report's own wrapper
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
     """An expected failure (a strict xfail of a known deviation) is not counted as a failure: its
-    examples are set aside (``stats.set_aside``)."""
+    examples are set aside (``stats.set_aside``). An error that is not a clause failure is
+    counted as one (``stats.count_ending``, spec §8.8)."""
     rep = yield
     saved = item.stash.get(session.BEFORE, None)
     if rep.when == "call" and saved is not None and hasattr(rep, "wasxfail") and rep.skipped:
         stats.set_aside(*saved)
+    if ending(rep, call) == ERROR:
+        stats.count_ending(_column(item), ERROR, item.nodeid)
+    if rep.when == "teardown":
+        item.config.stash.get(_RUNNING, {}).pop(item.nodeid, None)
     return rep
 
 
 # -- pytest-xdist: every worker counts its own examples; the controller prints the sum ----------
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == pytest.ExitCode.INTERRUPTED:  # Ctrl-C: what ran then did not finish
+        for test, col in session.config.stash.get(_RUNNING, {}).items():
+            stats.count_ending(col, INTERRUPTED, test)
     out = getattr(session.config, "workeroutput", None)  # set on xdist workers only
     if out is not None:
         out["batchgrad_stats"] = stats.export()
@@ -223,9 +243,10 @@ def pytest_testnodedown(node: object, error: object) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     per = stats.totals()
-    if not per:
-        return
     tr = terminalreporter
+    if not per:
+        _unsettled(tr)
+        return
     tr.section("batchgrad-spec: examples and largest error/tolerance")
     w = max([10] + [len(b) + 2 for b, *_ in per])  # a backend's name may be long
     tr.write_line(f"{'backend':<{w}}{'device':<8}{'dtype':<9}{'precision':<10}"
@@ -236,3 +257,40 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for (b, dev, dt, prec), n in sorted(stats.expected_failures().items()):
         tr.write_line(f"(and {n} examples of expected failures — known deviations, not counted "
                       f"above: {b} {dev} {dt} {prec})")
+    _unsettled(tr)
+    _worst_examples(tr, per)
+
+
+def _unsettled(tr: pytest.TerminalReporter) -> None:
+    """Test items that ended in an error or were interrupted: named, never counted as passed or
+    skipped (spec §8.8)."""
+    for col, ended in sorted(stats.endings().items()):
+        for what, tests in sorted(ended.items()):
+            n = len(tests)
+            why = ("raised an error that is not a clause failure" if what == ERROR else
+                   "did not finish: the run was interrupted while it ran")
+            tr.write_line(f"{what}: {n} test item{'s' if n != 1 else ''} on {' '.join(col)} "
+                          f"{why}; {'their' if n != 1 else 'its'} clause is not certified "
+                          f"(examples checked so far are counted above): {', '.join(tests[:3])}"
+                          f"{' …' if n > 3 else ''}")
+
+
+def _worst_examples(tr: pytest.TerminalReporter, per: dict[stats.Column, stats.Stat]) -> None:
+    """Where a column's largest ratio exceeds 1, the example it was seen on (spec §8.8): the
+    shrunk counterexample printed with the failure, or — said so — another example Hypothesis
+    tried during its search, whose repro snippet is printed here."""
+    for col, s in sorted(per.items()):
+        if s.max_ratio <= 1 or not s.worst_example:
+            continue
+        name = " ".join(col)
+        if s.worst_example == s.failed_example:
+            tr.write_line(f"{name}: the largest error/tolerance {s.max_ratio:.3g} ({s.worst}) is "
+                          f"that of the counterexample printed with its failure")
+            continue
+        shown = (f"{s.failed_ratio:.3g}" if s.failed_ratio is not None else "a broken contract")
+        tr.write_line(f"{name}: the largest error/tolerance {s.max_ratio:.3g} ({s.worst}) was seen "
+                      f"during Hypothesis's search on another example than the shrunk "
+                      f"counterexample printed with the failure (which shows {shown}); that "
+                      f"example:")
+        for line in s.worst_example.splitlines():
+            tr.write_line(f"    {line}")

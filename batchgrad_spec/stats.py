@@ -15,6 +15,12 @@ table: this module is its one owner.
   inside :func:`preserved`, which restores the table afterwards.
 * Under pytest-xdist every worker counts its own examples: :func:`export` is what a worker sends,
   :func:`merge` adds it on the controller.
+* Worst-example tracing (spec §8.8): the largest ratio keeps the repro snippet of the example it
+  was observed on (``worst_example``), and a failure keeps its own ratio and snippet
+  (``failed_ratio``, ``failed_example``: the last failure counted is the one Hypothesis reports,
+  the shrunk counterexample), so that the summary can say whether they are the same example.
+* Test items that ended without a verdict — an error that is not a clause failure, or a run
+  interrupted while they ran — are counted by :func:`count_ending` and read by :func:`endings`.
 
 The module needs nothing but the standard library; a target is anything with ``clause``,
 ``backend.name`` and ``config.device/dtype/precision`` (``harness.Target``).
@@ -23,14 +29,14 @@ The module needs nothing but the standard library; a target is anything with ``c
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Column", "Key", "Stat", "count_example", "count_failure", "count_ratio",
-           "expected_failures", "export", "key", "merge", "preserved", "set_aside", "since",
-           "snapshot", "totals"]
+__all__ = ["Column", "Key", "Stat", "count_ending", "count_example", "count_failure",
+           "count_ratio", "endings", "expected_failures", "export", "key", "merge", "preserved",
+           "set_aside", "since", "snapshot", "totals"]
 
 Key = tuple[str, str, str, str, str]
 """(clause, backend, device, dtype, precision)"""
@@ -56,16 +62,24 @@ class _Target(Protocol):
 
 @dataclass
 class Stat:
-    """Examples run, failures, and the largest error/tolerance (with what it was measured on)."""
+    """Examples run, failures, and the largest error/tolerance (with what it was measured on,
+    and the repro snippet of the example it was measured on); the ratio and snippet of the last
+    failure (the counterexample Hypothesis reports)."""
 
     examples: int = 0
     max_ratio: float = 0.0
     failures: int = 0
     worst: str = ""
+    worst_example: str = ""
+    failed_ratio: float | None = None
+    failed_example: str = ""
 
 
 _TABLE: dict[Key, Stat] = {}
 _EXPECTED: dict[Column, int] = {}  # examples of expected failures, per column
+_ENDINGS: dict[Column, dict[str, list[str]]] = {}  # "error"/"interrupted" → test ids, per column
+Example = str | Callable[[], str] | None
+"""A repro snippet, or a function making it (called only when it is kept)."""
 
 
 def key(target: _Target) -> Key:
@@ -84,16 +98,36 @@ def count_example(target: _Target) -> None:
     _entry(target).examples += 1
 
 
-def count_failure(target: _Target) -> None:
-    """One failed comparison or broken contract on ``target``."""
-    _entry(target).failures += 1
+def _text(example: Example) -> str:
+    return example() if callable(example) else (example or "")
 
 
-def count_ratio(target: _Target, ratio: float, what: str) -> None:
-    """An observed error/tolerance ratio of the comparison ``what``: kept if the largest."""
+def count_failure(target: _Target, ratio: float | None = None, example: Example = None) -> None:
+    """One failed comparison (its error/tolerance ``ratio`` and repro ``example``) or broken
+    contract (no ratio) on ``target``."""
+    s = _entry(target)
+    s.failures += 1
+    s.failed_ratio, s.failed_example = ratio, _text(example)
+
+
+def count_ratio(target: _Target, ratio: float, what: str, example: Example = None) -> None:
+    """An observed error/tolerance ratio of the comparison ``what`` on the example ``example``
+    (a repro snippet): kept if the largest."""
     s = _entry(target)
     if ratio > s.max_ratio:
-        s.max_ratio, s.worst = ratio, what
+        s.max_ratio, s.worst, s.worst_example = ratio, what, _text(example)
+
+
+def count_ending(k: Key | Column, ending: str, test: str) -> None:
+    """The test item ``test`` on the cell (or column) ``k`` ended without a verdict: ``ending``
+    is "error" (it raised something that is not a clause failure) or "interrupted"."""
+    col: Column = tuple(k[-4:])  # type: ignore[assignment]
+    _ENDINGS.setdefault(col, {}).setdefault(ending, []).append(test)
+
+
+def endings() -> dict[Column, dict[str, list[str]]]:
+    """Per column, the test items that ended as "error" or "interrupted" (spec §8.8)."""
+    return copy.deepcopy(_ENDINGS)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -123,9 +157,16 @@ def totals() -> dict[Column, Stat]:
         agg = per.setdefault(tuple(col), Stat())  # type: ignore[arg-type]
         agg.examples += s.examples
         agg.failures += s.failures
-        if s.max_ratio > agg.max_ratio:
-            agg.max_ratio, agg.worst = s.max_ratio, s.worst
+        _keep_worst(agg, s)
     return per
+
+
+def _keep_worst(agg: Stat, s: Stat) -> None:
+    """Carry ``s``'s largest ratio (with its example) and last failure into ``agg``."""
+    if s.max_ratio > agg.max_ratio:
+        agg.max_ratio, agg.worst, agg.worst_example = s.max_ratio, s.worst, s.worst_example
+    if s.failed_ratio is not None or s.failed_example:
+        agg.failed_ratio, agg.failed_example = s.failed_ratio, s.failed_example
 
 
 def expected_failures() -> dict[Column, int]:
@@ -152,7 +193,7 @@ def set_aside(k: Key, before: Stat | None) -> None:
 def preserved() -> Iterator[None]:
     """Whatever is counted inside the block is forgotten after it (runs against deliberately
     wrong backends, deliberately wrong comparisons)."""
-    saved, expected = copy.deepcopy(_TABLE), dict(_EXPECTED)
+    saved, expected, ended = copy.deepcopy(_TABLE), dict(_EXPECTED), copy.deepcopy(_ENDINGS)
     try:
         yield
     finally:
@@ -160,13 +201,16 @@ def preserved() -> Iterator[None]:
         _TABLE.update(saved)
         _EXPECTED.clear()
         _EXPECTED.update(expected)
+        _ENDINGS.clear()
+        _ENDINGS.update(ended)
 
 
 # -- pytest-xdist: a worker's statistics, added on the controller ------------------------------
 def export() -> dict[str, Any]:
     """This process's statistics as plain data (what an xdist worker sends the controller)."""
     return {"table": [[list(k), vars(s)] for k, s in _TABLE.items()],
-            "expected": [[list(c), n] for c, n in _EXPECTED.items()]}
+            "expected": [[list(c), n] for c, n in _EXPECTED.items()],
+            "endings": [[list(c), e] for c, e in _ENDINGS.items()]}
 
 
 def merge(data: dict[str, Any]) -> None:
@@ -175,8 +219,10 @@ def merge(data: dict[str, Any]) -> None:
         agg = _TABLE.setdefault(tuple(k), Stat())  # type: ignore[arg-type]
         agg.examples += s["examples"]
         agg.failures += s["failures"]
-        if s["max_ratio"] > agg.max_ratio:
-            agg.max_ratio, agg.worst = s["max_ratio"], s["worst"]
+        _keep_worst(agg, Stat(**s))
     for c, n in data.get("expected", []):
         col: Column = tuple(c)  # type: ignore[assignment]
         _EXPECTED[col] = _EXPECTED.get(col, 0) + n
+    for c, e in data.get("endings", []):
+        for ending, tests in e.items():
+            _ENDINGS.setdefault(tuple(c), {}).setdefault(ending, []).extend(tests)  # type: ignore[arg-type]

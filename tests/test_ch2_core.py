@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from batchgrad_spec.harness import check, sub_batch_identity
+from batchgrad_spec.harness import ClauseFailure, check, clause_title, sub_batch_identity
 from batchgrad_spec.properties.core import (  # noqa: F401 — run here, also by the meta-tests
     test_backend_per_example_gradients_match_the_reference,
     test_every_per_example_gradient_is_taken_at_the_same_parameters,
@@ -134,3 +134,22 @@ def test_backend_batch_gradient_is_the_reduction_of_its_own_per_example_gradient
                 call="combine(checked_per_example(backend, problem, config, method)[1], "
                      "problem.coefficients)",
                 expect="checked_loss_and_grad(backend, problem, config)[1]")
+
+
+REQUIRED_METHODS = ("vmap", "loop")
+"""The per-example method names §2.12 requires (as released in 0.1.0; §8.9 says what each
+means). A backend may offer more names; every test asks only for names it lists."""
+
+
+@pytest.mark.clause("2.12")
+def test_backend_offers_the_vectorised_and_the_loop_method(target):
+    """§2.12's required names, checked once per backend configuration and said in one line: a
+    backend offering ("copies", "loop") fails here, naming "vmap", and nowhere else (§8.9)."""
+    names = tuple(target.backend.per_example_methods())
+    missing = [m for m in REQUIRED_METHODS if m not in names]
+    if missing:
+        raise ClauseFailure(
+            f"{clause_title('2.12')}\n  {target.describe()}\n  per_example_methods() is "
+            f"{names}: missing {', '.join(map(repr, missing))}; §2.12 requires 'vmap' (all g_i "
+            f"at once, by any means, e.g. one copy of θ per example) and 'loop' (one example at "
+            f"a time); rename yours or offer these names besides (§8.9)", "2.12", target)

@@ -12,7 +12,10 @@ gets one thing wrong. Rooms, one concern each (``base`` under all of them):
 * ``operations``    one operation of the forward/backward pass wrong (§1.1, §1.5, §2.12), on the
   hand-written pass ``MLP``
 * ``precision``     TF32 matrix products: in strict mode (a fault), or as the tf32 mode (§7.4)
-* ``contract``      malformed answers, a crash, not a backend (§8.2, §8.3)
+* ``contract``      malformed answers, a crash, not a backend, own method names (§8.2, §8.3,
+  §8.9)
+* ``reporting``     an interrupt, an error that is not a clause failure, an error that grows with
+  the inputs: what the summary and the conformance report say (§8.8)
 * ``losses``        chapter 3's loss reductions (§3.3–§3.5)
 * ``layers``        chapter 4's BatchNorm and leaky_relu (§4.2, §4.3, §4.6)
 * ``accumulation``  chapter 5's gradient accumulation (§5.1–§5.4)
@@ -36,7 +39,7 @@ import importlib
 from typing import Any
 
 _MODULES = ("gallery", "reductions", "per_example", "operations", "precision", "contract",
-            "losses", "layers", "accumulation", "update", "base")
+            "losses", "layers", "accumulation", "update", "reporting", "base")
 """The modules whose names this package resolves, searched in this order."""
 
 _MISSING = object()

@@ -6,6 +6,8 @@ that is not a backend at all. The contract's validation turns each into a clause
 * ``returns_nan``    NaN in the first batch gradient
 * ``raises``         ``loss_and_grad`` raises ``RuntimeError("boom")``
 * ``not_a_backend``  an object lacking most of the contract (rejected at load, spec §8.2)
+* ``copies_and_loop`` correct answers, but its per-example methods are ("copies", "loop"): the
+  suite asks it only for those (spec §8.9) and says once that §2.12's name "vmap" is missing
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from reference.types import Grads
 
 from .base import Faulty, PerExample
 
-__all__ = ["not_a_backend", "raises", "returns_nan", "wrong_shape"]
+__all__ = ["copies_and_loop", "not_a_backend", "raises", "returns_nan", "wrong_shape"]
 
 
 def _first(grads: Grads) -> str:
@@ -83,7 +85,27 @@ class NotABackend:
         return batch_grad(problem)
 
 
+class CopiesAndLoop(Faulty):
+    """Right in every answer, but it names its vectorised method "copies" (one copy of θ per
+    example, as Appendix A describes it for a framework without vmap) instead of "vmap": it
+    offers ("copies", "loop"). Every test must ask it only for these two names (spec §8.9); the
+    one test of §2.12's required names fails, saying that "vmap" is missing. Asked for any other
+    name it raises, as an adapter does."""
+
+    fault = "per-example methods named ('copies', 'loop')"
+
+    def per_example_methods(self) -> tuple[str, ...]:
+        return ("copies", "loop")
+
+    def per_example(self, problem: Problem, config: Config, method: str) -> PerExample:
+        if method not in self.per_example_methods():
+            raise ValueError(f"unknown per-example method {method!r}; this backend has "
+                             f"{self.per_example_methods()}")
+        return super().per_example(problem, config, "vmap" if method == "copies" else method)
+
+
 wrong_shape = WrongShape("wrong_shape")
 returns_nan = ReturnsNaN("returns_nan")
 raises = Raises("raises")
 not_a_backend = NotABackend()
+copies_and_loop = CopiesAndLoop("copies_and_loop")

@@ -16,7 +16,7 @@ from .record import grid
 __all__ = ["heatmap"]
 
 COLOURS = {"fail": "#d73027", "xfail": "#9e9ac8", "skip": "#bdbdbd", "pass": "#80cdc1",
-           "not run": "#f4f4f4"}
+           "not run": "#f4f4f4", "error": "#8c510a", "interrupted": "#8c510a"}
 HEADROOM = ["#006837", "#1a9850", "#66bd63", "#a6d96a", "#d9ef8b", "#fee08b", "#fdae61"]
 """Passing cells from ratio ≤ 1e-4 (dark green: much headroom) to 1 (orange: at the tolerance)."""
 
@@ -72,7 +72,8 @@ def heatmap(matrix: dict[str, Any], path: Path) -> None:
                 label = fmt_ratio(ratio)
             else:
                 colour = COLOURS[outcome]
-                label = {"fail": "FAIL", "xfail": "xfail", "skip": "skip", "pass": "pass"}[outcome]
+                label = {"fail": "FAIL", "xfail": "xfail", "skip": "skip", "pass": "pass",
+                         "error": "ERROR", "interrupted": "interrupted"}[outcome]
                 if outcome == "fail" and ratio is not None and float(ratio) > 1:
                     label += f" {fmt_ratio(ratio)}"
             ax.add_patch(Rectangle((j, i), 1, 1, facecolor=colour, edgecolor="white",
@@ -107,6 +108,7 @@ def heatmap(matrix: dict[str, Any], path: Path) -> None:
     bar.ax.tick_params(labelsize=8)
     handles = [Patch(facecolor=COLOURS["fail"], label="fail"),
                Patch(facecolor=COLOURS["xfail"], label="xfail (known deviation)"),
+               Patch(facecolor=COLOURS["error"], label="error / interrupted"),
                Patch(facecolor=COLOURS["skip"], label="skip"),
                Patch(facecolor=COLOURS["pass"], label="pass (no tolerance involved)"),
                Patch(facecolor=COLOURS["not run"], edgecolor="#bdbdbd", label="not run")]

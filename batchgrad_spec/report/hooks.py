@@ -25,6 +25,7 @@ from reference import SPEC_VERSION
 
 from .. import stats
 from ..session import BEFORE, backends_environment, item_target, run_settings
+from .endings import ERROR, INTERRUPTED, ending
 from .markdown import markdown
 from .record import NO_TARGET, aggregate, as_matrix, json_number, seed_text, worse, write_json
 from .xfails import Deviation, XfailsError, parse_xfails
@@ -118,14 +119,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             # max_ratio is the running maximum of the target's entry on this process: the
             # largest over the items' values is the session's (every process's) maximum
             info.update(examples=counted.examples, failures=counted.failures,
-                        max_ratio=json_number(counted.max_ratio), worst=counted.worst)
+                        max_ratio=json_number(counted.max_ratio), worst=counted.worst,
+                        worst_example=counted.worst_example)
+        if ending(rep, call) == ERROR:  # raised something that is not a clause failure (§8.8)
+            info["ending"] = ERROR
         rep.batchgrad = info
     return rep
 
 
 def phase_outcome(report: pytest.TestReport) -> str | None:
-    if report.failed:  # includes a strict XPASS
-        return "fail"
+    if report.failed:  # includes a strict XPASS; an error is not a clause failure (§8.8)
+        return getattr(report, "batchgrad", {}).get("ending") or "fail"
     if report.skipped:
         return "xfail" if hasattr(report, "wasxfail") else "skip"
     return "pass" if report.when == "call" else None
@@ -155,17 +159,22 @@ class ConformanceReport:
             return
         rec = self.items.setdefault(report.nodeid, {"keys": info["keys"], "outcome": None,
                                                     "examples": 0, "failures": 0,
-                                                    "max_ratio": None, "worst": ""})
+                                                    "max_ratio": None, "worst": "",
+                                                    "worst_example": ""})
         rec["outcome"] = worse(rec["outcome"], phase_outcome(report))
         if "examples" in info:
             rec["examples"] += info["examples"]
             rec["failures"] += info["failures"]
             rec["max_ratio"], rec["worst"] = info["max_ratio"], info["worst"]
+            rec["worst_example"] = info.get("worst_example", "")
 
     def record(self, exitstatus: int | None = None) -> dict[str, Any]:
         config = self.config
         run = run_settings(config)
-        items = [{**rec, "outcome": rec["outcome"] or "skip"} for rec in self.items.values()]
+        # an item that started but never reported its call ran when the run was interrupted
+        # (or its process died): never "skip" (§8.8)
+        unfinished = INTERRUPTED if exitstatus == pytest.ExitCode.INTERRUPTED else ERROR
+        items = [{**rec, "outcome": rec["outcome"] or unfinished} for rec in self.items.values()]
         devs = deviations(config)
         return {
             "spec_version": SPEC_VERSION,
@@ -174,6 +183,7 @@ class ConformanceReport:
             "seed_note": seed_text(run),
             "args": list(config.invocation_params.args),
             "exitstatus": exitstatus,
+            "interrupted": exitstatus == pytest.ExitCode.INTERRUPTED,
             "environment": environment(config),
             "xfails": ({"file": config.getoption("xfails_file"),
                         "entries": [d.as_json() for d in devs]}

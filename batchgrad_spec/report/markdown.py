@@ -13,7 +13,8 @@ from .record import column_id, grid, seed_text
 
 __all__ = ["PROVISIONAL_MARK", "SYMBOL", "fmt_ratio", "markdown"]
 
-SYMBOL = {"pass": "✅", "fail": "❌", "xfail": "⚠️", "skip": "➖"}
+SYMBOL = {"pass": "✅", "fail": "❌", "xfail": "⚠️", "skip": "➖", "error": "💥 error",
+          "interrupted": "⏸️ interrupted"}
 PROVISIONAL_MARK = "(provisional)"
 """Appended to a cell whose result is provisional (spec §8.5: the tf32 precision, §6.7 on a GPU)."""
 
@@ -43,7 +44,8 @@ def _source_line(s: dict[str, Any]) -> str:
     return (f"| {s['name']} | {s.get('created', '')} | `{s.get('profile')}` "
             f"({s.get('max_examples')} examples{derand}) | "
             f"{s.get('seed_note') or seed_text(s)} | {backends} | {env.get('python', '?')} "
-            f"on {env.get('platform', '?')} | {s.get('exitstatus', '')} |")
+            f"on {env.get('platform', '?')} | {s.get('exitstatus', '')}"
+            f"{' (interrupted)' if s.get('interrupted') else ''} |")
 
 
 def markdown(matrix: dict[str, Any]) -> str:
@@ -76,7 +78,9 @@ def markdown(matrix: dict[str, Any]) -> str:
         totals.append(str(sum(ex)) if ex else "")
     out += ["| *examples checked* | " + " | ".join(totals) + " |", "",
             "✅ pass, with the largest observed error/tolerance (≤ 1; blank for tests without a "
-            "tolerance) · ❌ fail · ⚠️ xfail: a known deviation · ➖ skipped · empty: not run"]
+            "tolerance) · ❌ fail · ⚠️ xfail: a known deviation · ➖ skipped · 💥 error: a test "
+            "raised something that is not a clause failure · ⏸️ interrupted: the run stopped "
+            "while it ran (neither certifies anything, §8.8) · empty: not run"]
     why = sorted({r["provisional"] for r in matrix["results"] if r.get("provisional")})
     if why:
         out += ["", "## Provisional results", "",
@@ -95,6 +99,14 @@ def markdown(matrix: dict[str, Any]) -> str:
         for r in failing:
             col = column_id(r["backend"], r["device"], r["dtype"], r["precision"])
             worst = f" in {r['worst']}" if r["worst"] else ""
+            stored = " (its example: `worst_example` in the JSON record)" \
+                if r.get("worst_example") else ""
             out.append(f"- §{r['clause']} on {col}: {r['tests']} test item(s); largest "
-                       f"error/tolerance {fmt_ratio(r['max_ratio'])}{worst}")
+                       f"error/tolerance {fmt_ratio(r['max_ratio'])}{worst}{stored}")
+    unsettled = [r for r in matrix["results"] if r["outcome"] in ("error", "interrupted")]
+    if unsettled:
+        out += ["", "## Errors and interrupted clauses (not certified)", ""]
+        for r in unsettled:
+            col = column_id(r["backend"], r["device"], r["dtype"], r["precision"])
+            out.append(f"- §{r['clause']} on {col}: {r['outcome']}")
     return "\n".join(out) + "\n"

@@ -25,8 +25,10 @@ __all__ = ["NO_TARGET", "OUTCOMES", "PROVISIONAL_CLAUSES_OFF_CPU", "PROVISIONAL_
            "columns", "grid", "json_number", "merge", "provisional", "seed_text", "worse",
            "write_json"]
 
-OUTCOMES = ("skip", "pass", "xfail", "fail")
-"""Outcomes from least to most severe: a cell shows the most severe of its test items."""
+OUTCOMES = ("skip", "pass", "xfail", "interrupted", "error", "fail")
+"""Outcomes from least to most severe: a cell shows the most severe of its test items.
+"interrupted" (the run stopped while a test ran) and "error" (a test raised something that is
+not a clause failure) certify nothing and are never shown as skip or pass (spec §8.8)."""
 NO_TARGET = ("reference", "-", "-", "-")
 """backend, device, dtype, precision of tests that run no backend (reference-only and meta)."""
 PROVISIONAL_PRECISIONS = {
@@ -49,7 +51,8 @@ def provisional(clause: str, device: str, precision: str) -> str | None:
 
 
 def worse(a: str | None, b: str | None) -> str | None:
-    """The more severe of two outcomes (fail > xfail > pass > skip; None is no outcome yet)."""
+    """The more severe of two outcomes (fail > error > interrupted > xfail > pass > skip; None
+    is no outcome yet)."""
     if a is None or b is None:
         return a or b
     return max(a, b, key=OUTCOMES.index)
@@ -106,7 +109,8 @@ def aggregate(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "clause": cid, "title": titles.get(cid, it.get("title", "(not in spec/)")),
                 "backend": b, "device": dev, "dtype": dt, "precision": prec,
                 "outcome": None, "tests": 0, "examples": None, "failures": None,
-                "max_ratio": None, "worst": "", "provisional": provisional(cid, dev, prec)})
+                "max_ratio": None, "worst": "", "worst_example": "",
+                "provisional": provisional(cid, dev, prec)})
             c["outcome"] = worse(c["outcome"], it["outcome"])
             c["tests"] += it.get("tests", 1)
             for k in ("examples", "failures"):
@@ -115,6 +119,7 @@ def aggregate(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             r = it.get("max_ratio")
             if r is not None and (c["max_ratio"] is None or float(r) > float(c["max_ratio"])):
                 c["max_ratio"], c["worst"] = r, it.get("worst", "")
+                c["worst_example"] = it.get("worst_example", "")  # its repro snippet (§8.8)
     return sorted(cells.values(), key=lambda c: (clause_sort_key(c["clause"]),
                                                  column_sort_key(c)))
 
@@ -126,7 +131,7 @@ def write_json(data: dict[str, Any], path: Path) -> None:
 
 # -- matrices ----------------------------------------------------------------------------------
 SOURCE_FIELDS = ("spec_version", "created", "profile", "max_examples", "derandomize", "seed",
-                 "seed_note", "args", "exitstatus", "environment", "xfails")
+                 "seed_note", "args", "exitstatus", "interrupted", "environment", "xfails")
 
 
 def as_matrix(record: dict[str, Any], name: str) -> dict[str, Any]:
