@@ -5,6 +5,8 @@
 * ``relu_slope_one_at_zero``  relu'(0) = 1 instead of 0 (§1.5)
 * ``gelu_tanh_for_gelu``      the tanh approximation computed where the exact GELU is asked (§1.1)
 * ``squared_error_vjp_without_2``  a hand-written squared-error VJP (f − y)/D, missing the 2 (§2.12)
+* ``inaccurate_tanh``     a tanh kernel off by a relative 10⁻⁴ (float32 allows 8u ≈ 4.8·10⁻⁷,
+  §7.1.4): an accuracy finding, which ``python -m batchgrad_spec.accuracy`` traces to tanh
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from reference.types import Grads
 
 from .base import Faulty, PerExample, reduced
 
-__all__ = ["MLP", "gelu_tanh_for_gelu", "relu_slope_one_at_zero", "squared_error_vjp_without_2"]
+__all__ = ["MLP", "gelu_tanh_for_gelu", "inaccurate_tanh", "relu_slope_one_at_zero",
+           "squared_error_vjp_without_2"]
 
 
 class MLP(Faulty):
@@ -38,6 +41,10 @@ class MLP(Faulty):
     def slope(self, layer: Activation, z: np.ndarray, a: np.ndarray) -> np.ndarray:
         """σ'(z) of the activation ``layer`` at its input z (output a)."""
         return ACTIVATIONS[layer.name][1](z, a)
+
+    def value(self, layer: Activation, z: np.ndarray) -> np.ndarray:
+        """σ(z) of the activation ``layer``."""
+        return ACTIVATIONS[layer.name][0](z)
 
     def run(self, problem: Problem, dtype: np.dtype,
             seed_scale: np.ndarray | None = None) -> PerExample:
@@ -54,7 +61,7 @@ class MLP(Faulty):
                 z = op(a) @ op(problem.params[f"{k}.weight"].astype(dtype)).T
                 a = z + problem.params[f"{k}.bias"].astype(dtype) if layer.bias else z
             else:
-                a = ACTIVATIONS[layer.name][0](a)
+                a = self.value(layer, a)
             outputs.append(a)
         t, extra = loss_data(problem, a)
         loss_fn, loss_vjp = LOSSES[problem.loss.name]
@@ -144,6 +151,19 @@ class GeluTanhForGelu(Faulty):
         return super().per_example(self._swapped(problem), config, method)
 
 
+class InaccurateTanh(MLP):
+    """tanh(z)·(1 + 10⁻⁴): a tanh kernel less accurate than §7.1.4 assumes (200 times its 8u in
+    float32), and the slope 1 − a² computed from that value; everything else exact. Only
+    ``Dense`` and activation layers (the hand-written pass of ``MLP``)."""
+
+    fault = "tanh off by a relative 1e-4"
+
+    def value(self, layer: Activation, z: np.ndarray) -> np.ndarray:
+        a = super().value(layer, z)
+        return a * a.dtype.type(1.0 + 1e-4) if layer.name == "tanh" else a
+
+
 relu_slope_one_at_zero = ReluSlopeOneAtZero("relu_slope_one_at_zero")
+inaccurate_tanh = InaccurateTanh("inaccurate_tanh")
 gelu_tanh_for_gelu = GeluTanhForGelu("gelu_tanh_for_gelu")
 squared_error_vjp_without_2 = SquaredErrorVJPWithout2("squared_error_vjp_without_2")
