@@ -13,6 +13,9 @@ table: this module is its one owner.
   (:func:`expected_failures`), shown beside the summary.
 * Runs against deliberately wrong backends (the meta-tests, ``batchgrad_spec.catching``) happen
   inside :func:`preserved`, which restores the table afterwards.
+* The features a test's strategies left out because its backend does not declare them (or
+  deviates with them, spec §8.6, §8.7) are kept per key too (:func:`count_excluded`,
+  :func:`excluded`), for the run summary and the conformance report.
 * Under pytest-xdist every worker counts its own examples: :func:`export` is what a worker sends,
   :func:`merge` adds it on the controller.
 * Worst-example tracing (spec §8.8): the largest ratio keeps the repro snippet of the example it
@@ -34,8 +37,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Column", "Key", "Stat", "count_ending", "count_example", "count_failure",
-           "count_ratio", "endings", "expected_failures", "export", "key", "merge", "preserved",
+__all__ = ["Column", "Key", "Stat", "count_ending", "count_example", "count_excluded",
+           "count_failure", "count_ratio", "endings", "excluded", "expected_failures", "export",
+           "key", "merge", "per_clause", "preserved",
            "set_aside", "since", "snapshot", "totals"]
 
 Key = tuple[str, str, str, str, str]
@@ -80,6 +84,7 @@ _EXPECTED: dict[Column, int] = {}  # examples of expected failures, per column
 _ENDINGS: dict[Column, dict[str, list[str]]] = {}  # "error"/"interrupted" → test ids, per column
 Example = str | Callable[[], str] | None
 """A repro snippet, or a function making it (called only when it is kept)."""
+_EXCLUDED: dict[Key, set[str]] = {}  # features not drawn for want of a declaration, per key
 
 
 def key(target: _Target) -> Key:
@@ -130,6 +135,13 @@ def endings() -> dict[Column, dict[str, list[str]]]:
     return copy.deepcopy(_ENDINGS)
 
 
+def count_excluded(target: _Target, features: set[str] | frozenset[str]) -> None:
+    """Features the strategies of a test on ``target`` did not draw: undeclared (§8.6) or
+    deviating (§8.7)."""
+    if features:
+        _EXCLUDED.setdefault(key(target), set()).update(features)
+
+
 # -- reading ----------------------------------------------------------------------------------
 def snapshot(k: Key | None) -> Stat | None:
     """A copy of the entry of ``k`` (None when nothing was counted for it)."""
@@ -169,6 +181,19 @@ def _keep_worst(agg: Stat, s: Stat) -> None:
         agg.failed_ratio, agg.failed_example = s.failed_ratio, s.failed_example
 
 
+def per_clause() -> dict[Column, dict[str, int]]:
+    """Examples checked per clause, for each backend configuration."""
+    out: dict[Column, dict[str, int]] = {}
+    for (cid, *col), s in _TABLE.items():
+        out.setdefault(tuple(col), {})[cid] = s.examples  # type: ignore[index]
+    return out
+
+
+def excluded() -> dict[Key, set[str]]:
+    """The features not drawn, per key (a copy)."""
+    return {k: set(v) for k, v in _EXCLUDED.items()}
+
+
 def expected_failures() -> dict[Column, int]:
     """Examples run by tests that ended as expected failures, per backend configuration."""
     return dict(_EXPECTED)
@@ -193,7 +218,8 @@ def set_aside(k: Key, before: Stat | None) -> None:
 def preserved() -> Iterator[None]:
     """Whatever is counted inside the block is forgotten after it (runs against deliberately
     wrong backends, deliberately wrong comparisons)."""
-    saved, expected, ended = copy.deepcopy(_TABLE), dict(_EXPECTED), copy.deepcopy(_ENDINGS)
+    saved, expected = copy.deepcopy(_TABLE), dict(_EXPECTED)
+    ended, left = copy.deepcopy(_ENDINGS), copy.deepcopy(_EXCLUDED)
     try:
         yield
     finally:
@@ -203,6 +229,8 @@ def preserved() -> Iterator[None]:
         _EXPECTED.update(expected)
         _ENDINGS.clear()
         _ENDINGS.update(ended)
+        _EXCLUDED.clear()
+        _EXCLUDED.update(left)
 
 
 # -- pytest-xdist: a worker's statistics, added on the controller ------------------------------
@@ -210,7 +238,8 @@ def export() -> dict[str, Any]:
     """This process's statistics as plain data (what an xdist worker sends the controller)."""
     return {"table": [[list(k), vars(s)] for k, s in _TABLE.items()],
             "expected": [[list(c), n] for c, n in _EXPECTED.items()],
-            "endings": [[list(c), e] for c, e in _ENDINGS.items()]}
+            "endings": [[list(c), e] for c, e in _ENDINGS.items()],
+            "excluded": [[list(k), sorted(v)] for k, v in _EXCLUDED.items()]}
 
 
 def merge(data: dict[str, Any]) -> None:
@@ -226,3 +255,5 @@ def merge(data: dict[str, Any]) -> None:
     for c, e in data.get("endings", []):
         for ending, tests in e.items():
             _ENDINGS.setdefault(tuple(c), {}).setdefault(ending, []).extend(tests)  # type: ignore[arg-type]
+    for k, v in data.get("excluded", []):
+        _EXCLUDED.setdefault(tuple(k), set()).update(v)  # type: ignore[arg-type]

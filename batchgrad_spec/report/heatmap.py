@@ -16,7 +16,8 @@ from .record import grid
 __all__ = ["heatmap"]
 
 COLOURS = {"fail": "#d73027", "xfail": "#9e9ac8", "skip": "#bdbdbd", "pass": "#80cdc1",
-           "not run": "#f4f4f4", "error": "#8c510a", "interrupted": "#8c510a"}
+           "not run": "#f4f4f4", "error": "#8c510a", "interrupted": "#8c510a",
+           "unsupported": "#dadaeb"}
 HEADROOM = ["#006837", "#1a9850", "#66bd63", "#a6d96a", "#d9ef8b", "#fee08b", "#fdae61"]
 """Passing cells from ratio ≤ 1e-4 (dark green: much headroom) to 1 (orange: at the tolerance)."""
 
@@ -73,7 +74,8 @@ def heatmap(matrix: dict[str, Any], path: Path) -> None:
             else:
                 colour = COLOURS[outcome]
                 label = {"fail": "FAIL", "xfail": "xfail", "skip": "skip", "pass": "pass",
-                         "error": "ERROR", "interrupted": "interrupted"}[outcome]
+                         "error": "ERROR", "interrupted": "interrupted",
+                         "unsupported": "not supported"}[outcome]
                 if outcome == "fail" and ratio is not None and float(ratio) > 1:
                     label += f" {fmt_ratio(ratio)}"
             ax.add_patch(Rectangle((j, i), 1, 1, facecolor=colour, edgecolor="white",
@@ -110,6 +112,7 @@ def heatmap(matrix: dict[str, Any], path: Path) -> None:
                Patch(facecolor=COLOURS["xfail"], label="xfail (known deviation)"),
                Patch(facecolor=COLOURS["error"], label="error / interrupted"),
                Patch(facecolor=COLOURS["skip"], label="skip"),
+               Patch(facecolor=COLOURS["unsupported"], label="not supported"),
                Patch(facecolor=COLOURS["pass"], label="pass (no tolerance involved)"),
                Patch(facecolor=COLOURS["not run"], edgecolor="#bdbdbd", label="not run")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0, 0), ncol=len(handles),
