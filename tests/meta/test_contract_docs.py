@@ -104,3 +104,31 @@ def test_the_check_sees_what_it_counts():
     assert "| `Batch.mask` |" in text
     rows = {m.group(1) for m in ROW.finditer(text.replace("| `Batch.mask` |", "| mask |"))}
     assert "Batch.mask" not in rows
+
+
+@pytest.mark.clause("8.1")
+def test_an_adapter_written_from_the_docs_certifies_what_it_declares_and_skips_the_rest(
+        tmp_path):
+    """``examples/docs_adapter.py`` (PyTorch, written from Appendix A alone) declares the
+    chapter-1/2 vocabulary: chapter 2's mean identity passes on it, and chapter 3's Huber test
+    is skipped with the reason (§8.6), shown as "unsupported" in the report."""
+    pytest.importorskip("torch")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "CI")}
+    report = tmp_path / "docs.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", "--dtype", "float64",
+         "--backend", "examples.docs_adapter:backend", "--conformance-report", str(report),
+         "tests/test_ch2_core.py", "tests/test_ch3_loss_kinds.py", "-k",
+         "gradient_of_the_mean_loss or huber"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "not supported: docs_adapter does not declare loss:huber" in out, out
+    cells = {r["clause"]: r["outcome"] for r in json.loads(report.read_text())["results"]
+             if r["backend"] == "docs_adapter"}
+    assert cells.get("2.1") == "pass" and "unsupported" in cells.values(), cells
