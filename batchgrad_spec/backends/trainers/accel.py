@@ -37,7 +37,6 @@ from .common import (
     loop_result,
     micro_loss,
     model_for,
-    uniform_k,
     window_normaliser,
 )
 
@@ -57,19 +56,19 @@ def run(problem: Problem, config: Config, loop: Any, windows: Windows,
         normalise: bool = False) -> dict[str, Any]:
     """accelerate's accumulation loop over ``windows`` (``normalise``: the loss-normalisation
     idiom); the ``train_loop`` answer."""
-    k = uniform_k(windows, "accelerate")
+    k = loop.accumulation_steps
     parts = [(part, w) for w, window in enumerate(windows) for part in window]
     norms = [window_normaliser(window) for window in windows]
     acc = _fresh_accelerator(k)
     model = model_for(problem, config)
     opt = torch_optimizer(model.parameters(), loop.optimizer)
     loader = torch.utils.data.DataLoader(list(range(len(parts))), batch_size=1, shuffle=False,
-                                         collate_fn=lambda items: items[0])
+                                         collate_fn=lambda items: torch.tensor(items))
     model, opt, loader = acc.prepare(model, opt, loader)
     clip = getattr(loop, "clip_norm", None)
     taken = 0
     for index in loader:
-        part, w = parts[int(index)]
+        part, w = parts[int(index[0])]
         with acc.accumulate(model):
             if normalise:
                 loss = micro_loss(model, part, config, "sum") / norms[w] * k
@@ -84,7 +83,7 @@ def run(problem: Problem, config: Config, loop: Any, windows: Windows,
             opt.zero_grad()
     inner = acc.unwrap_model(model)
     steps = adam_step_count(opt.optimizer) if loop.optimizer.adam else taken
-    return loop_result(inner, steps, 0)
+    return loop_result(inner, steps)
 
 
 class AccelerateBackend(TrainerBackend):

@@ -52,8 +52,8 @@ def run(problem: Problem, config: Config, loop: Any, windows: Windows) -> dict[s
     opt = torch_optimizer(model.parameters(), loop.optimizer)
     scaler = grad_scaler(loop)
     clip = getattr(loop, "clip_norm", None)
-    taken = skipped = 0
-    for window in windows:
+    taken, skipped = 0, []
+    for w, window in enumerate(windows):
         opt.zero_grad(set_to_none=True)
         n = window_normaliser(window)
         for part in window:
@@ -71,7 +71,7 @@ def run(problem: Problem, config: Config, loop: Any, windows: Windows) -> dict[s
         scaler.step(opt)
         scaler.update()
         if scaler.get_scale() < before:
-            skipped += 1
+            skipped.append(w)
         else:
             taken += 1
     steps = adam_step_count(opt) if loop.optimizer.adam else taken

@@ -78,12 +78,12 @@ def micro_loss(model: torch.nn.Module, part: Problem, config: Config,
         return reduced_loss(part, model(x, extra.get("drop")), y, c, extra)
 
 
-def loop_result(model: torch.nn.Module, optimizer_steps: int, skipped: int,
+def loop_result(model: torch.nn.Module, optimizer_steps: int, skipped: Sequence[int] = (),
                 reported_losses: Sequence[float] | None = None) -> dict[str, Any]:
     """The answer of ``train_loop``: final θ, the optimiser's step counter (the one its bias
-    correction uses), the skipped steps and, where the trainer reports one, its loss per step."""
+    correction uses), the indices of the skipped windows and, where the trainer reports one, its loss per step."""
     return {"params": {n: to_numpy(p) for n, p in model.named_parameters()},
-            "optimizer_steps": int(optimizer_steps), "skipped": int(skipped),
+            "optimizer_steps": int(optimizer_steps), "skipped": tuple(skipped),
             "reported_losses": None if reported_losses is None else
             np.asarray(reported_losses, dtype=np.float64)}
 

@@ -1,5 +1,5 @@
-"""From a ``reference.loop.Loop`` and its data to the optimizer-step windows a trainer runs:
-each window the micro-batch problems of one optimizer step, in order."""
+"""From a ``reference.loop.Loop`` and its micro-batches to the optimizer-step windows a trainer
+runs: each window the micro-batch problems of one optimizer step, in order."""
 
 from __future__ import annotations
 
@@ -14,16 +14,12 @@ from .common import Windows
 __all__ = ["windows_of"]
 
 
-def windows_of(problem: Problem, loop: Any, batches: Sequence[Any], trainer: str) -> Windows:
-    """The windows of the run: ``batches`` holds, per optimizer step, its micro-batches (a
-    sequence of ``Batch``) — or one ``Batch`` per step, split by the loop's micro-batch sizes."""
-    out = []
-    for step, item in enumerate(batches):
-        if isinstance(item, Batch):
-            sizes = loop.micro_batches[step]
-            bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-            parts = [item.take(list(range(a, b))) for a, b in zip(bounds, bounds[1:])]
-        else:
-            parts = list(item)
-        out.append(tuple(problem.with_batch(b) for b in parts))
-    return tuple(out)
+def windows_of(problem: Problem, loop: Any, batches: Sequence[Batch], trainer: str) -> Windows:
+    """The windows of ``loop.windows`` (K = ``loop.accumulation_steps`` micro-batches each, the
+    last possibly fewer) over ``batches``, the loop's micro-batches
+    (``reference.loop.loop_batches``). A trainer here is one process: ``loop.ranks`` > 1 is a
+    ValueError naming the trainer."""
+    if getattr(loop, "ranks", 1) != 1:
+        raise ValueError(f"{trainer}: ranks={loop.ranks}: this trainer backend runs one process "
+                         f"(data parallelism is not run here)")
+    return tuple(tuple(problem.with_batch(batches[i]) for i in idx) for idx in loop.windows)
