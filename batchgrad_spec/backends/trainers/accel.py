@@ -31,6 +31,7 @@ from reference.problem import Problem
 
 from ..torch_backend import torch_optimizer
 from .common import (
+    SUMMED,
     TrainerBackend,
     Windows,
     adam_step_count,
@@ -71,7 +72,7 @@ def run(problem: Problem, config: Config, loop: Any, windows: Windows,
         part, w = parts[int(index[0])]
         with acc.accumulate(model):
             if normalise:
-                loss = micro_loss(model, part, config, "sum") / norms[w] * k
+                loss = micro_loss(model, part, config, SUMMED[part.reduction.name]) / norms[w] * k
             else:
                 loss = micro_loss(model, part, config)
             acc.backward(loss)

@@ -22,6 +22,7 @@ from reference.problem import Problem
 
 from ..torch_backend import torch_optimizer
 from .common import (
+    SUMMED,
     TrainerBackend,
     Windows,
     adam_step_count,
@@ -57,7 +58,7 @@ def run(problem: Problem, config: Config, loop: Any, windows: Windows) -> dict[s
         opt.zero_grad(set_to_none=True)
         n = window_normaliser(window)
         for part in window:
-            loss = micro_loss(model, part, config, "sum") / n
+            loss = micro_loss(model, part, config, SUMMED[part.reduction.name]) / n
             (loss if scaler is None else scaler.scale(loss)).backward()
         if scaler is not None:
             scaler.unscale_(opt)

@@ -31,7 +31,7 @@ from ..torch_backend.modules import Net, build_model
 
 __all__ = ["DELEGATED", "LOOP_FEATURES", "TrainerBackend", "Window", "Windows", "loop_result",
            "micro_loss", "model_for", "uniform_k",
-           "adam_step_count", "window_normaliser"]
+           "SUMMED", "adam_step_count", "window_normaliser"]
 
 DELEGATED = ("loss_and_grad", "per_example", "train", "accumulate")
 """The contract methods every trainer backend answers with the plain ``torch`` backend."""
@@ -81,7 +81,8 @@ def micro_loss(model: torch.nn.Module, part: Problem, config: Config,
 def loop_result(model: torch.nn.Module, optimizer_steps: int, skipped: Sequence[int] = (),
                 reported_losses: Sequence[float] | None = None) -> dict[str, Any]:
     """The answer of ``train_loop``: final θ, the optimiser's step counter (the one its bias
-    correction uses), the indices of the skipped windows and, where the trainer reports one, its loss per step."""
+    correction uses), the indices of the skipped windows and, where the trainer reports one,
+    its loss per step."""
     return {"params": {n: to_numpy(p) for n, p in model.named_parameters()},
             "optimizer_steps": int(optimizer_steps), "skipped": tuple(skipped),
             "reported_losses": None if reported_losses is None else
@@ -145,13 +146,21 @@ class TrainerBackend:
         return torch_backend.accumulate(problem, config, plan, method)
 
 
+SUMMED = {"mean": "sum", "sum": "sum", "weighted_mean": "weighted", "weighted": "weighted"}
+"""Reduction → the summing one whose micro-batch terms add up to the window's (over the sum)."""
+
+
 def window_normaliser(window: Window) -> float:
-    """What the window's mean divides by: Σ ω_i over all its micro-batches (examples, or valid
-    tokens of sequences, ``Problem.counts``); 1 under "sum". The window's loss is then
-    Σ_k (sum-reduced loss of micro-batch k) / this: the mean over the whole optimizer step."""
+    """What the window's loss divides by: Σ ω_i over all its micro-batches under "mean"
+    (examples, or valid tokens of sequences, ``Problem.counts``), Σ c_i under "weighted_mean",
+    1 under "sum" and "weighted". The window's loss is Σ_k (``SUMMED`` loss of micro-batch k) /
+    this: the reduction over the whole optimizer step."""
     reduction = window[0].reduction.name
-    if reduction == "sum":
+    if reduction == "mean":
+        return float(sum(part.counts.sum() for part in window))
+    if reduction == "weighted_mean":
+        return float(sum(np.sum(part.batch.weights) for part in window))
+    if reduction in SUMMED:
         return 1.0
-    if reduction != "mean":
-        raise ValueError(f"trainer backends: reduction {reduction!r} not supported (mean, sum)")
-    return float(sum(part.counts.sum() for part in window))
+    raise ValueError(f"trainer backends: reduction {reduction!r} not supported "
+                     f"({', '.join(SUMMED)})")

@@ -31,7 +31,14 @@ from reference.contract import Config
 from reference.problem import Problem
 
 from ..torch_backend import extra_tensors, reduced_loss, tensors, torch_optimizer
-from .common import TrainerBackend, Windows, adam_step_count, loop_result, model_for
+from .common import (
+    SUMMED,
+    TrainerBackend,
+    Windows,
+    adam_step_count,
+    loop_result,
+    model_for,
+)
 
 __all__ = ["HFTrainerBackend", "TokenLossModel", "backend", "mean"]
 
@@ -45,13 +52,14 @@ class TokenLossModel(nn.Module):
 
     def _loss(self, x: torch.Tensor, labels: torch.Tensor, extra: dict[str, Any],
               num_items_in_batch: Any) -> dict[str, torch.Tensor]:
-        out = self.net(x, extra.get("drop"))
+        out, c = self.net(x, extra.get("drop")), extra.get("c")
         if not self.token_loss:
-            return {"loss": reduced_loss(self.problem, out, labels, None, extra)}
-        total = reduced_loss(self.problem.with_reduction("sum"), out, labels, None, extra)
+            return {"loss": reduced_loss(self.problem, out, labels, c, extra)}
+        summed = SUMMED[self.problem.reduction.name]
+        total = reduced_loss(self.problem.with_reduction(summed), out, labels, c, extra)
         if self.problem.loss.elementwise:  # Σ over the label elements the Trainer counts
             total = total * out.shape[-1]
-        if self.problem.reduction.name == "sum" or num_items_in_batch is None:
+        if summed == self.problem.reduction.name or num_items_in_batch is None:
             return {"loss": total}
         return {"loss": total / num_items_in_batch}
 
@@ -64,8 +72,8 @@ class _Kwargs(TokenLossModel):
 
 class _NoKwargs(TokenLossModel):
     def forward(self, x: torch.Tensor, labels: torch.Tensor, mask: Any = None,
-                drop: Any = None) -> dict[str, torch.Tensor]:
-        extra = {k: v for k, v in (("mask", mask), ("drop", drop)) if v is not None}
+                drop: Any = None, c: Any = None) -> dict[str, torch.Tensor]:
+        extra = {k: v for k, v in (("mask", mask), ("drop", drop), ("c", c)) if v is not None}
         return self._loss(x, labels, extra, None)
 
 
@@ -74,14 +82,15 @@ def _items(windows: Windows, config: Config) -> list[dict[str, Any]]:
     items = []
     for window in windows:
         for part in window:
-            if part.reduction.name not in ("mean", "sum") or part.batch.weights is not None:
-                raise ValueError(f"hf: reduction {part.reduction.name!r} not supported (the "
-                                 f"Trainer's num_items_in_batch counts labels: mean, sum)")
+            if part.reduction.name == "weighted_mean":
+                raise ValueError("hf: reduction 'weighted_mean' not supported: the Trainer's "
+                                 "num_items_in_batch counts labels, not the weights Σ c_i")
             if part.batch.sequence and part.loss.elementwise:
                 raise ValueError("hf: a sequence of an elementwise loss has no −100 labels to "
                                  "count; token losses here are cross-entropy")
-            x, y, _ = tensors(part, config)
-            items.append({"x": x, "labels": y, **extra_tensors(part, config)})
+            x, y, c = tensors(part, config)
+            weights = {} if c is None else {"c": c}
+            items.append({"x": x, "labels": y, **weights, **extra_tensors(part, config)})
     return items
 
 
