@@ -99,11 +99,13 @@ def adam_step_count(opt: torch.optim.Optimizer) -> int:
 @dataclass
 class TrainerBackend:
     """A training-loop library as a backend (spec chapter 10). Subclasses set ``name``,
-    ``loop_features`` and ``versions``, and implement ``run(problem, config, loop, windows)``;
-    the required contract methods are the ``torch`` backend's (``DELEGATED``)."""
+    ``loop_features`` (the chapter-10 capabilities it realises), ``unsupported`` (capabilities of
+    the torch backend the trainer cannot express), ``versions`` and ``train_loop``; the required
+    contract methods are the ``torch`` backend's (``DELEGATED``)."""
 
     name: str = "trainer"
     loop_features: tuple[str, ...] = ()
+    unsupported: tuple[str, ...] = ()
     dtype_list: tuple[str, ...] = ("float64", "float32")
 
     def versions(self) -> Mapping[str, str]:
@@ -119,12 +121,16 @@ class TrainerBackend:
         return torch_backend.per_example_methods()
 
     def capabilities(self) -> Iterable[str]:
-        """The torch backend's vocabulary (delegated methods) plus this trainer's loop features."""
-        try:
-            from reference.contract import capabilities_of  # type: ignore[attr-defined]
-        except ImportError:  # before the capabilities API (issue #18)
-            return frozenset(self.loop_features)
-        return frozenset(capabilities_of(torch_backend)) | frozenset(self.loop_features)
+        """The torch backend's vocabulary (its methods answer the required calls) less what this
+        trainer cannot express (``unsupported``), plus the loop features it realises."""
+        from reference.capabilities import VOCABULARY, capabilities_of, register
+        from reference.loop import LOOP_FEATURES as DESCRIBED
+
+        for feature in self.loop_features:  # chapter 10's names, registered once
+            if feature not in VOCABULARY:
+                register(feature, DESCRIBED[feature])
+        return ((capabilities_of(torch_backend) - frozenset(self.unsupported))
+                | frozenset(self.loop_features))
 
     # -- the required methods: PyTorch's own gradients, delegated ------------------------------
     def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:

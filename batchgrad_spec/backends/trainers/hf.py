@@ -40,7 +40,14 @@ from .common import (
     model_for,
 )
 
-__all__ = ["HFTrainerBackend", "TokenLossModel", "backend", "mean"]
+__all__ = ["UNSUPPORTED", "HFTrainerBackend", "TokenLossModel", "backend", "mean"]
+
+UNSUPPORTED = ("reduction:weighted_mean", "reduction:sequence_mean", "loss:class_weights",
+               "loss:ignore_index", "loss:soft_targets", "loss:gaussian_nll")
+"""What the Trainer's ``num_items_in_batch`` cannot normalise: it counts ``labels != -100``, so a
+mean by weights (class weights, weighted_mean), per sequence, with another ignore index, or over
+probability targets' elements is not a mean over what it counts; gaussian_nll's variances are no
+label."""
 
 
 class TokenLossModel(nn.Module):
@@ -128,7 +135,8 @@ class HFTrainerBackend(TrainerBackend):
 
     def __init__(self, token_loss: bool = True) -> None:
         super().__init__(name="hf_trainer" if token_loss else "hf_trainer_mean",
-                         loop_features=("loop:clip_norm", "loop:reported_loss"))
+                         loop_features=("loop:clip_norm", "loop:reported_loss"),
+                         unsupported=UNSUPPORTED)
         self.token_loss = token_loss
 
     def versions(self) -> dict[str, str]:
