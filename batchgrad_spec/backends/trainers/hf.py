@@ -17,10 +17,13 @@ default 1.0 would clip), ``logging_steps=1``: the logged ``loss`` of each step i
 loss. The last window of the epoch may be shorter: the Trainer takes fewer micro-batches then.
 ``MEAN`` is the other model a user writes: ``forward`` without ``**kwargs`` returning the
 micro-batch's mean; the Trainer then divides it by the number of micro-batches of the step.
+Under the "weighted_mean" reduction the Trainer's public hook ``get_batch_samples`` is overridden
+to return Σ c_i of the step as ``num_items_in_batch`` (``_weighted_trainer``).
 """
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from typing import Any
 
@@ -42,12 +45,26 @@ from .common import (
 
 __all__ = ["UNSUPPORTED", "HFTrainerBackend", "TokenLossModel", "backend", "mean"]
 
-UNSUPPORTED = ("reduction:weighted_mean", "reduction:sequence_mean", "loss:class_weights",
-               "loss:ignore_index", "loss:soft_targets", "loss:gaussian_nll")
+UNSUPPORTED = ("reduction:sequence_mean", "loss:class_weights", "loss:ignore_index",
+               "loss:soft_targets", "loss:gaussian_nll")
 """What the Trainer's ``num_items_in_batch`` cannot normalise: it counts ``labels != -100``, so a
-mean by weights (class weights, weighted_mean), per sequence, with another ignore index, or over
-probability targets' elements is not a mean over what it counts; gaussian_nll's variances are no
-label."""
+mean by class weights, per sequence, with another ignore index, or over probability targets'
+elements is not a mean over what it counts; gaussian_nll's variances are no label."""
+
+
+def _weighted_trainer() -> type:
+    """``Trainer`` whose public hook ``get_batch_samples`` (the micro-batches of one optimizer
+    step and their ``num_items_in_batch``) counts Σ c_i of the step's examples instead of its
+    labels, for the example-weighted mean: how a user of per-example weights normalises."""
+    from transformers import Trainer
+
+    class WeightedTrainer(Trainer):
+        def get_batch_samples(self, epoch_iterator: Any, num_batches: int,
+                              device: Any) -> tuple[list, Any]:
+            batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+            return batches, sum(b["c"].sum() for b in batches) if batches else None
+
+    return WeightedTrainer
 
 
 class TokenLossModel(nn.Module):
@@ -89,9 +106,6 @@ def _items(windows: Windows, config: Config) -> list[dict[str, Any]]:
     items = []
     for window in windows:
         for part in window:
-            if part.reduction.name == "weighted_mean":
-                raise ValueError("hf: reduction 'weighted_mean' not supported: the Trainer's "
-                                 "num_items_in_batch counts labels, not the weights Σ c_i")
             if part.batch.sequence and part.loss.elementwise:
                 raise ValueError("hf: a sequence of an elementwise loss has no −100 labels to "
                                  "count; token losses here are cross-entropy")
@@ -119,11 +133,20 @@ def run(problem: Problem, config: Config, loop: Any, windows: Windows,
             gradient_accumulation_steps=loop.accumulation_steps,
             max_grad_norm=0.0 if clip is None else float(clip), logging_steps=1,
             logging_strategy="steps", save_strategy="no", report_to="none", use_cpu=True,
-            disable_tqdm=True, train_sampling_strategy="sequential", dataloader_num_workers=0)
-        trainer = Trainer(model=model, args=args, train_dataset=_items(windows, config),
-                          data_collator=lambda items: items[0], optimizers=(opt, schedule))
+            disable_tqdm=True, train_sampling_strategy="sequential", dataloader_num_workers=0,
+            remove_unused_columns=False)  # keep the items the model takes through **kwargs
+        cls = _weighted_trainer() if problem.reduction.name == "weighted_mean" else Trainer
+        trainer = cls(model=model, args=args, train_dataset=_items(windows, config),
+                      data_collator=lambda items: items[0], optimizers=(opt, schedule))
         trainer.remove_callback(PrinterCallback)
-        trainer.train()
+        # Trainer.train() starts with accelerator.free_memory(), a full gc.collect(): over the
+        # test session's heap that is ~0.6 s per run. Objects that exist before the run are
+        # frozen for its duration (gc.freeze: the collection skips them), then unfrozen.
+        gc.freeze()
+        try:
+            trainer.train()
+        finally:
+            gc.unfreeze()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     steps = adam_step_count(opt) if loop.optimizer.adam else trainer.state.global_step
     return loop_result(net, steps, (), losses)
