@@ -81,10 +81,11 @@ class TokenLossModel(nn.Module):
             return {"loss": reduced_loss(self.problem, out, labels, c, extra)}
         summed = SUMMED[self.problem.reduction.name]
         total = reduced_loss(self.problem.with_reduction(summed), out, labels, c, extra)
-        if self.problem.loss.elementwise:  # Σ over the label elements the Trainer counts
-            total = total * out.shape[-1]
-        if summed == self.problem.reduction.name or num_items_in_batch is None:
+        reduction = self.problem.reduction.name
+        if summed == reduction or num_items_in_batch is None:
             return {"loss": total}
+        if reduction == "mean" and self.problem.loss.elementwise:
+            total = total * out.shape[-1]  # Σ over the label elements the Trainer counts
         return {"loss": total / num_items_in_batch}
 
 
