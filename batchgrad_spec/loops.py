@@ -19,9 +19,10 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from reference.contract import checked_train_loop
+from reference.contract import BackendError, checked_train_loop
 from reference.grads import batch_grad, per_example_grads
 from reference.loop import (
+    CLIP_EPSILON,
     Loop,
     LoopResult,
     global_norm,
@@ -39,7 +40,7 @@ from .harness import Check
 from .strategies import splits
 from .updates import MAX_PARAM, gentle, optimizers
 
-__all__ = ["LOSS_SCALES", "LoopCheck", "loops", "run_of"]
+__all__ = ["LOSS_SCALES", "LoopCheck", "clip_epsilon", "loops", "run_of"]
 
 LOSS_SCALES = (2.0**8, 2.0**16)
 """Loss scales drawn: powers of two, GradScaler's default initial scale 2¹⁶ among them."""
@@ -109,6 +110,17 @@ def stays_bounded(problem: Problem, loop: Loop) -> bool:
     return True
 
 
+def clip_epsilon(backend: object) -> float:
+    """The ε the backend declares it adds to norms before clipping (its ``clip_epsilon``
+    attribute, default 0; at most ``CLIP_EPSILON``, spec §8.10)."""
+    eps = getattr(backend, "clip_epsilon", 0.0)
+    if not (isinstance(eps, float | int) and 0 <= eps <= CLIP_EPSILON):
+        raise BackendError(f"backend {getattr(backend, 'name', backend)!r} declares "
+                           f"clip_epsilon={eps!r}; allowed: a number in [0, {CLIP_EPSILON}] "
+                           f"(spec §8.10)")
+    return float(eps)
+
+
 def run_of(w: int) -> str:
     """The repro expression of the backend's run over the first ``w`` windows."""
     return f"checked_train_loop(backend, prefix(problem, loop, {w})[0], config, prefix(problem, " \
@@ -157,13 +169,14 @@ class LoopCheck(Check):
                   f"config, prefix(problem, loop, j)[1]).params for j in range(1, {windows})]")
         if params:
             dtype, mode = self.target.config.dtype, self.target.config.precision
-            expected = shadow_loop(p, loop, reached[:-1])
-            tol = loop_tolerance(p, loop, reached[:-1], dtype, mode)
+            eps = clip_epsilon(self.target.backend)
+            expected = shadow_loop(p, loop, reached[:-1], eps)
+            tol = loop_tolerance(p, loop, reached[:-1], dtype, mode, eps)
             for w in range(windows):
                 self.close(reached[w + 1], expected[w], tol[w],
                            what=f"{what} after window {w + 1} of {windows}"
                            + (" (skipped)" if w in skipped else ""),
-                           expect=f"shadow_loop(problem, loop, {before})[{w}]")
+                           expect=f"shadow_loop(problem, loop, {before}, {eps!r})[{w}]")
         if losses:
             self.reported(loop, full, reached)
         return runs
@@ -191,7 +204,7 @@ class LoopCheck(Check):
     def repro(self, call: str, expect: str) -> str:
         lines = super().repro(call, expect).split("\n")
         at = next(i for i, line in enumerate(lines) if line.startswith("observed = "))
-        extra = ["from reference.contract import checked_train_loop",
+        extra = ["from reference.contract import BackendError, checked_train_loop",
                  "from reference.loop import *",
                  "from reference.update import Optimizer"]
         if self.loop is not None:

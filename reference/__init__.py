@@ -41,7 +41,8 @@ SPEC_VERSION = "0.2.0"
 __all__ = [
     "ACTIVATION_NAMES", "LOSS_NAMES", "REDUCTION_NAMES", "SPEC_VERSION",
     "Activation", "Backend", "BackendError", "Batch", "BatchNorm", "Config", "Dense", "Dropout",
-    "LayerNorm", "Loop", "LoopResult", "Loss", "Network", "Problem", "ProblemError", "Reduction", "Undefined",
+    "LayerNorm", "Loop", "LoopResult", "Loss", "Network", "Problem", "ProblemError", "Reduction",
+    "Undefined",
     "batch_grad", "batch_loss", "combine",
     "error_bound", "finite_difference_grad", "forward", "load_backend", "np",
     "per_example_grads", "per_example_losses", "precision", "problem_tolerance", "reduce_losses",

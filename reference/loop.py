@@ -48,7 +48,7 @@ from .update import Optimizer, State, step
 
 __all__ = [
     "CLIP_EPSILON", "LOOP_FEATURES", "Loop", "LoopError", "LoopResult", "clip_factor",
-    "global_norm", "loop_batches", "run_loop", "shadow_loop", "window_gradient",
+    "global_norm", "loop_batches", "prefix", "run_loop", "shadow_loop", "window_gradient",
     "window_problem",
 ]
 
@@ -61,8 +61,9 @@ LOOP_FEATURES = {
 """The capability names of chapter 10, name → one-line description."""
 
 CLIP_EPSILON = 1e-6
-"""The largest ε a conforming clip may add to the norm, φ = min(1, C/(‖g‖ + ε)): PyTorch's
-``clip_grad_norm_`` and Opacus add 10⁻⁶, optax adds none (spec §10.1, a convention)."""
+"""The largest ε a conforming clip may add to the norm, φ = min(1, C/(‖g‖ + ε)), when the backend
+declares it (``clip_epsilon``, spec §8.10): PyTorch's ``clip_grad_norm_`` and Opacus add 10⁻⁶,
+optax adds none (spec §10.1, a convention). The reference then clips with the same ε."""
 
 
 class LoopError(ValueError):
@@ -136,12 +137,6 @@ class Loop:
         bad = set(self.overflow)
         return tuple(w for w, idx in enumerate(self.windows) if bad.intersection(idx))
 
-    def prefix(self, w: int) -> Loop:
-        """The same loop over the first ``w`` windows only (the data a shorter epoch sees)."""
-        m = sum(len(idx) for idx in self.windows[:w])
-        return replace(self, micro_batches=self.micro_batches[:m],
-                       overflow=tuple(i for i in self.overflow if i < m))
-
     def features(self) -> frozenset[str]:
         """The capability names this loop uses (``reference.capabilities``)."""
         on = {"loop:clip_norm": self.clip_norm is not None,
@@ -176,6 +171,14 @@ class LoopResult:
     optimizer_steps: int
     skipped: tuple[int, ...] = ()
     reported_losses: tuple[float, ...] | None = field(default=None)
+
+
+def prefix(problem: Problem, loop: Loop, w: int) -> tuple[Problem, Loop]:
+    """The same loop over its first ``w`` ≥ 1 windows only: the problem cut to their examples."""
+    m = sum(len(idx) for idx in loop.windows[:w])
+    loop = replace(loop, micro_batches=loop.micro_batches[:m],
+                   overflow=tuple(i for i in loop.overflow if i < m))
+    return problem.with_batch(problem.batch.take(list(range(sum(loop.micro_batches))))), loop
 
 
 def loop_batches(problem: Problem, loop: Loop) -> list[Batch]:
@@ -227,28 +230,28 @@ def global_norm(grads: Mapping[str, np.ndarray]) -> float:
                          for v in grads.values()))
 
 
-def clip_factor(norm: float, c: float) -> float:
-    """φ_c(x) = min(1, c/x) (1 at x = 0)."""
-    return 1.0 if norm <= c else c / norm
+def clip_factor(norm: float, c: float, eps: float = 0.0) -> float:
+    """φ_c(x) = min(1, c/(x + ε)) (1 at x + ε = 0)."""
+    return 1.0 if norm + eps <= c else c / (norm + eps)
 
 
-def window_gradient(problem: Problem, loop: Loop, dtype: DType = np.float64
+def window_gradient(problem: Problem, loop: Loop, dtype: DType = np.float64, eps: float = 0.0
                     ) -> tuple[float, Grads]:
     """(L_w, G_w) of a window's problem at its θ: the reduced loss and the gradient after
     per-example clipping and global-norm clipping as ``loop`` asks, computed in ``dtype``
-    (norms and factors in float64, applied once in ``dtype``)."""
+    (norms and factors in float64, applied once in ``dtype``), the norms + ``eps``."""
     dt = np.dtype(dtype)
     loss, g = batch_grad(problem, dt)
     if loop.per_example_clip is not None:
         _, per = per_example_grads(problem, dt)
         n = problem.batch.size
         phi = np.array([clip_factor(global_norm({k: v[i] for k, v in per.items()}),
-                                    loop.per_example_clip) for i in range(n)])
+                                    loop.per_example_clip, eps) for i in range(n)])
         b = dt.type(loop.expected_batch_size)
         g = {k: np.sum(v * phi.astype(dt).reshape((n,) + (1,) * (v.ndim - 1)), axis=0) / b
              for k, v in per.items()}
     if loop.clip_norm is not None:
-        phi_g = dt.type(clip_factor(global_norm(g), loop.clip_norm))
+        phi_g = dt.type(clip_factor(global_norm(g), loop.clip_norm, eps))
         g = {k: v * phi_g for k, v in g.items()}
     return float(loss), g
 
@@ -272,11 +275,12 @@ def run_loop(problem: Problem, loop: Loop, dtype: DType = np.float64) -> LoopRes
                       tuple(losses))
 
 
-def shadow_loop(problem: Problem, loop: Loop, iterates: Sequence[Params]
+def shadow_loop(problem: Problem, loop: Loop, iterates: Sequence[Params], eps: float = 0.0
                 ) -> list[dict[str, np.ndarray]]:
     """The reference's step along a reported trajectory θ̂_0 = problem.params, θ̂_1, …: entry w
     is the float64 step of window w from θ̂_w, with the optimizer state accumulated along the
-    windows before it that were not skipped; a skipped window's entry is θ̂_w itself."""
+    windows before it that were not skipped; a skipped window's entry is θ̂_w itself. ``eps``:
+    the backend's declared clipping ε."""
     windows = loop.windows
     if len(iterates) != len(windows):
         raise ValueError("need one iterate (the parameters before the step) per window")
@@ -287,7 +291,8 @@ def shadow_loop(problem: Problem, loop: Loop, iterates: Sequence[Params]
         if w in skipped:
             out.append(theta)
             continue
-        _, g = window_gradient(window_problem(problem.with_params(theta), batches, idx), loop)
+        _, g = window_gradient(window_problem(problem.with_params(theta), batches, idx), loop,
+                               eps=eps)
         new, state = step(loop.optimizer, theta, g, state)
         out.append(new)
     return out

@@ -35,7 +35,7 @@ import numpy as np
 from .accumulation import count_weighted, full_batch_tolerance, global_normaliser
 from .bounds import error_bound, problem_tolerance
 from .grads import batch_grad, per_example_grads
-from .loop import CLIP_EPSILON, Loop, clip_factor, global_norm, loop_batches, window_problem
+from .loop import Loop, clip_factor, global_norm, loop_batches, window_problem
 from .numerics import REFERENCE, Precision, R, gamma, precision
 from .parallel import SCALE_ROUNDINGS, even_sizes, shards
 from .problem import Problem
@@ -93,11 +93,11 @@ def loss_tolerance(at: Problem, loop: Loop, idx: Sequence[int], dtype: str,
 
 
 def clip_bound(g: Mapping[str, np.ndarray], e: Mapping[str, np.ndarray], c: float,
-               p: Precision, *, lead: int = 0, eps: float = CLIP_EPSILON
+               p: Precision, *, lead: int = 0, eps: float = 0.0
                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Clipping by norm c in the arithmetic p (item 2 of the module docstring): (φg, bound).
+    """Clipping by norm c in the arithmetic p (item 2 of the module docstring): (φ_ε g, bound).
     With ``lead`` = 1 the arrays are per-example (N, *shape) and each row is clipped by its own
-    norm. ``eps``: the most a backend adds to the norm (0 for the reference's own chain)."""
+    norm. ``eps``: the ε added to the norm, in the value and the reference alike."""
     if lead:
         rows = [clip_bound({k: v[i] for k, v in g.items()}, {k: v[i] for k, v in e.items()},
                            c, p, eps=eps) for i in range(next(iter(g.values())).shape[0])]
@@ -105,9 +105,9 @@ def clip_bound(g: Mapping[str, np.ndarray], e: Mapping[str, np.ndarray], c: floa
                 {k: np.stack([r[1][k] for r in rows]) for k in g})
     n = sum(int(np.size(v)) for v in g.values())
     x, ex = global_norm(g), global_norm(e)
-    dx = ex + float(gamma(n + 2, p.u)) * (x + ex) + np.sqrt(n * p.tiny) + eps
-    phi = clip_factor(x, c)
-    dphi = c * dx / max(c, x - dx) ** 2 + (2 * p.u * phi if x + dx > c else 0.0)
+    dx = ex + float(gamma(n + 2, p.u)) * (x + ex) + np.sqrt(n * p.tiny)
+    phi = clip_factor(x, c, eps)
+    dphi = c * dx / max(c, x - dx) ** 2 + (2 * p.u * phi if x + eps + dx > c else 0.0)
     value = {k: phi * v for k, v in g.items()}
     bound = {k: phi * e[k] + np.abs(v) * dphi + p.u * np.abs(value[k]) + p.tiny * (v != 0)
              for k, v in g.items()}
@@ -128,13 +128,13 @@ def _dp_sgd(at: Problem, loop: Loop, p: Precision, e_per: Mapping[str, np.ndarra
 
 
 def loop_tolerance(problem: Problem, loop: Loop, iterates: Sequence[Params], dtype: str,
-                   mode: str = "strict") -> list[dict[str, np.ndarray]]:
+                   mode: str = "strict", eps: float = 0.0) -> list[dict[str, np.ndarray]]:
     """Tolerances for a backend's θ̂_{w+1}, one per window, against ``shadow_loop(problem, loop,
     iterates)`` (``iterates[w]`` = θ̂_w, ``problem.params`` first, exact in ``dtype``). Two chains
     as in ``reference.update.update_tolerance``: the backend's arithmetic fed the gradient's
     tolerance (which already holds the reference's gradient error), and the reference's own
     float64 arithmetic from an exact gradient; their bounds are added. ``problem`` must already
-    be rounded to ``dtype``."""
+    be rounded to ``dtype``; ``eps`` is the backend's declared clipping ε."""
     batches, skipped = loop_batches(problem, loop), loop.skipped()
     chains = {"backend": precision(dtype, mode), "reference": REFERENCE}
     states = {who: UpdateState() for who in chains}
@@ -146,7 +146,6 @@ def loop_tolerance(problem: Problem, loop: Loop, iterates: Sequence[Params], dty
         at = window_problem(problem.with_params(theta), batches, idx)
         total: dict[str, np.ndarray] = {}
         for who, p in chains.items():
-            eps = CLIP_EPSILON if who == "backend" else 0.0
             if loop.per_example_clip is not None:
                 per = (problem_tolerance(at, dtype, mode).grads if who == "backend"
                        else {k: np.zeros_like(v) for k, v in per_example_grads(at)[1].items()})
