@@ -107,6 +107,11 @@ class TrainerBackend:
     loop_features: tuple[str, ...] = ()
     unsupported: tuple[str, ...] = ()
     dtype_list: tuple[str, ...] = ("float64", "float32")
+    clip_epsilon: float = 1e-6
+    """The ε added to norms before clipping (spec §8.10): every trainer here clips with
+    ``torch.nn.utils.clip_grad_norm_`` (transformers and accelerate through
+    ``Accelerator.clip_grad_norm_``, Lightning through its precision plugin) or Opacus's
+    ``C / (‖g_i‖ + 1e-6)``, both 10⁻⁶."""
 
     def versions(self) -> Mapping[str, str]:
         return {"torch": torch.__version__}
