@@ -1,4 +1,5 @@
-"""The Hypothesis profiles of the suite: ``dev``, ``ci``, ``thorough`` (and ``trainers``).
+"""The Hypothesis profiles of the suite: ``dev``, ``ci``, ``thorough``, ``certify-slow`` and
+``trainers``.
 
 Importing this module only registers them (a library user's own loaded profile is left alone).
 The pytest plugin calls ``load_default()``: ``dev``, or ``ci`` when the environment variable
@@ -11,7 +12,7 @@ import os
 
 from hypothesis import HealthCheck, Phase, settings
 
-__all__ = ["load_default"]
+__all__ = ["REDUCED", "load_default"]
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                      HealthCheck.data_too_large])
@@ -26,6 +27,17 @@ settings.register_profile("thorough", max_examples=1000, derandomize=False, **_c
 # finding's minimal repro is in docs/findings/)
 settings.register_profile("trainers", max_examples=8, derandomize=True, print_blob=True,
                           phases=(Phase.explicit, Phase.reuse, Phase.generate), **_common)
+# a framework that needs 0.3-1.5 s per call (kernel compilation per shape): fewer examples,
+# derandomized like ci; with --shape-buckets (or the capability shapes:bucketed) the sizes come
+# from a few buckets so that kernels are reused (spec §8.6, Appendix A "Slow frameworks")
+settings.register_profile("certify-slow", max_examples=10, derandomize=True, print_blob=True,
+                          **_common)
+
+REDUCED = {"certify-slow": "a reduced certification for slow frameworks: 10 examples per test "
+                           "(ci: 100); fewer examples find fewer deviations (spec §8.6)",
+           "trainers": "a reduced certification for real training loops: 8 examples per test "
+                       "(ci: 100), not shrunk; fewer examples find fewer deviations"}
+"""Profiles whose certificate is reduced, with what the report says about it."""
 
 
 def load_default() -> None:
