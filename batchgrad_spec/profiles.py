@@ -1,4 +1,5 @@
-"""The Hypothesis profiles of the suite: ``dev``, ``ci``, ``thorough`` and ``certify-slow``.
+"""The Hypothesis profiles of the suite: ``dev``, ``ci``, ``thorough``, ``certify-slow`` and
+``trainers``.
 
 Importing this module only registers them (a library user's own loaded profile is left alone).
 The pytest plugin calls ``load_default()``: ``dev``, or ``ci`` when the environment variable
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 __all__ = ["REDUCED", "load_default"]
 
@@ -20,6 +21,12 @@ _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
 settings.register_profile("dev", max_examples=20, derandomize=False, **_common)
 settings.register_profile("ci", max_examples=100, derandomize=True, print_blob=True, **_common)
 settings.register_profile("thorough", max_examples=1000, derandomize=False, **_common)
+# the trainer envs (tox.ini, trainer-*): each example runs a real training loop once per prefix
+# of its epoch, so `ci`'s derandomized examples, fewer of them and no shrinking (the env's
+# 3-minute budget; a known deviation's strict xfail would otherwise shrink on every run, and each
+# finding's minimal repro is in docs/findings/)
+settings.register_profile("trainers", max_examples=8, derandomize=True, print_blob=True,
+                          phases=(Phase.explicit, Phase.reuse, Phase.generate), **_common)
 # a framework that needs 0.3-1.5 s per call (kernel compilation per shape): fewer examples,
 # derandomized like ci; with --shape-buckets (or the capability shapes:bucketed) the sizes come
 # from a few buckets so that kernels are reused (spec §8.6, Appendix A "Slow frameworks")
@@ -27,7 +34,9 @@ settings.register_profile("certify-slow", max_examples=10, derandomize=True, pri
                           **_common)
 
 REDUCED = {"certify-slow": "a reduced certification for slow frameworks: 10 examples per test "
-                           "(ci: 100); fewer examples find fewer deviations (spec §8.6)"}
+                           "(ci: 100); fewer examples find fewer deviations (spec §8.6)",
+           "trainers": "a reduced certification for real training loops: 8 examples per test "
+                       "(ci: 100), not shrunk; fewer examples find fewer deviations"}
 """Profiles whose certificate is reduced, with what the report says about it."""
 
 

@@ -8,7 +8,8 @@ floating-point model), ``batch``, ``unit`` (the layer contract), ``activations``
 ``layers`` (layer types as units, the network), ``losses`` (losses and reductions), ``problem``,
 ``grads`` (the gradient passes), ``bounds`` (the error bound and tolerance of a problem),
 ``update`` (optimisers), ``parallel`` (data-parallel combinations), ``accumulation``
-(micro-batches), ``contract`` and ``numpy_backend`` (the backend contract).
+(micro-batches), ``loop`` and ``loop_bounds`` (training loops, chapter 10), ``contract`` and
+``numpy_backend`` (the backend contract).
 """
 
 from .activations import ACTIVATION_NAMES, Activation
@@ -27,6 +28,7 @@ from .grads import (
     scaled_per_example_grads,
 )
 from .layers import Dense, Dropout, Network
+from .loop import Loop, LoopResult, run_loop
 from .losses import LOSS_NAMES, REDUCTION_NAMES, Loss, Reduction
 from .norms import BatchNorm, LayerNorm
 from .numerics import precision
@@ -39,11 +41,12 @@ SPEC_VERSION = "0.2.0"
 __all__ = [
     "ACTIVATION_NAMES", "LOSS_NAMES", "REDUCTION_NAMES", "SPEC_VERSION",
     "Activation", "Backend", "BackendError", "Batch", "BatchNorm", "Config", "Dense", "Dropout",
-    "LayerNorm", "Loss", "Network", "Problem", "ProblemError", "Reduction", "Undefined",
+    "LayerNorm", "Loop", "LoopResult", "Loss", "Network", "Problem", "ProblemError", "Reduction",
+    "Undefined",
     "batch_grad", "batch_loss", "combine",
     "error_bound", "finite_difference_grad", "forward", "load_backend", "np",
     "per_example_grads", "per_example_losses", "precision", "problem_tolerance", "reduce_losses",
-    "scaled_per_example_grads",
+    "run_loop", "scaled_per_example_grads",
 ]
 
 import numpy as np  # noqa: E402  (re-exported so that repro snippets need one import)

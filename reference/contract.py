@@ -13,6 +13,8 @@ computes with its framework's own autodiff:
     accumulate(problem, config, plan, method) -> {name: G}   OPTIONAL: gradient accumulation
                                           over micro-batches (spec §5.1–§5.5); ``method`` one of
                                           ``accumulation_methods()`` (default ("sum",))
+    train_loop(problem, config, loop, batches) -> LoopResult   OPTIONAL: one epoch of a training
+                                          loop, windows, clipping, loss scaling (spec §8.10)
     capabilities()  -> iterable of names  OPTIONAL: the features it supports (spec §8.6,
                                           ``reference.capabilities``); default: the 0.2.0 set
     known_deviations() -> KnownDeviations OPTIONAL: deviations by clause and feature (§8.7)
@@ -38,13 +40,15 @@ import numpy as np
 from .accumulation import micro_batches
 from .batch import Batch
 from .capabilities import capabilities_of, known_deviations_of
+from .loop import Loop, LoopResult, loop_batches
 from .problem import DTYPES, Problem
 from .types import BackendError, Grads, Undefined
 
 __all__ = [  # Undefined is defined with the other exceptions (types.py) and raised by backends
     "CONTRACT", "OPTIONAL", "Backend", "BackendError", "Config", "Undefined",
     "accumulation_methods", "capabilities_of", "checked_accumulate", "checked_loss_and_grad",
-    "checked_per_example", "checked_train", "copy_batch", "implements", "load_backend",
+    "checked_per_example", "checked_train", "checked_train_loop", "copy_batch", "implements",
+    "load_backend",
 ]
 
 
@@ -219,7 +223,8 @@ def copy_batch(b: Batch) -> Batch:
 def _same_batch(b: Batch, c: Batch) -> str | None:
     """The name of the first field in which ``c`` differs from ``b``, else None."""
     def same(x: np.ndarray | None, y: np.ndarray | None) -> bool:
-        return x is y is None or (x is not None and y is not None and np.array_equal(x, y))
+        return x is y is None or (x is not None and y is not None
+                                  and np.array_equal(x, y, equal_nan=True))
 
     for a in BATCH_ARRAYS:
         if not same(getattr(b, a), getattr(c, a)):
@@ -288,15 +293,37 @@ def checked_per_example(backend: Backend, problem: Problem, config: Config,
 
 
 # -- the optional update step (spec chapter 6) ----------------------------------------------------
-OPTIONAL = ("train", "accumulate", "capabilities", "known_deviations")
-"""Optional contract methods: a backend without train/accumulate skips the clauses that need
-them; without capabilities() it is assumed to support ``DEFAULT_CAPABILITIES`` (spec §8.6);
-without known_deviations() it declares none (§8.7)."""
+OPTIONAL = ("train", "accumulate", "train_loop", "capabilities", "known_deviations")
+"""Optional contract methods: a backend without train/accumulate/train_loop skips the clauses
+that need them; without capabilities() it is assumed to support ``DEFAULT_CAPABILITIES`` (spec
+§8.6); without known_deviations() it declares none (§8.7)."""
 
 
 def implements(backend: Backend, method: str) -> bool:
     """Whether ``backend`` implements the optional contract method ``method`` (e.g. "train")."""
     return callable(getattr(backend, method, None))
+
+
+def _call_with_batches(backend: Backend, call: str, config: Config, problem: Problem,
+                       batches: Sequence[Batch], arg: Any) -> Any:
+    """``backend.<call>(problem, config, arg, batches)`` on private copies; raises
+    ``BackendError`` if it raised or modified any of them."""
+    given = _private_copy(problem)
+    copies = [copy_batch(b) for b in batches]
+    try:
+        out = getattr(backend, call)(given, config, arg, copies)
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"{_where(backend, call, config)} raised {type(exc).__name__}: "
+                           f"{exc}") from exc
+    _check_unmodified(backend, call, config, problem, given)
+    for i, (b, c) in enumerate(zip(batches, copies, strict=True)):
+        changed = _same_batch(b, c)
+        if changed:
+            raise BackendError(f"{_where(backend, call, config)} modified "
+                               f"batches[{i}].{changed} in place; batches are read-only")
+    return out
 
 
 def checked_train(backend: Backend, problem: Problem, config: Config, optimizer: Any,
@@ -315,21 +342,7 @@ def checked_train(backend: Backend, problem: Problem, config: Config, optimizer:
         exc.call = call
         raise exc
     try:
-        given = _private_copy(problem)
-        copies = [copy_batch(b) for b in batches]
-        try:
-            params = backend.train(given, config, optimizer, copies)  # type: ignore[attr-defined]
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"{_where(backend, call, config)} raised {type(exc).__name__}: "
-                               f"{exc}") from exc
-        _check_unmodified(backend, call, config, problem, given)
-        for i, (b, c) in enumerate(zip(batches, copies, strict=True)):
-            changed = _same_batch(b, c)
-            if changed:
-                raise BackendError(f"{_where(backend, call, config)} modified "
-                                   f"batches[{i}].{changed} in place; batches are read-only")
+        params = _call_with_batches(backend, call, config, problem, batches, optimizer)
         shapes = problem.network.param_shapes()
         if not isinstance(params, Mapping):
             raise BackendError(f"{_where(backend, call, config)} returned parameters as "
@@ -390,4 +403,48 @@ def checked_accumulate(backend: Backend, problem: Problem, config: Config, plan:
         return _check_grads(backend, call, config, grads, problem.network.param_shapes(), ())
     except BackendError as exc:
         exc.call = "accumulate"
+        raise
+
+
+# -- the optional training loop (spec chapter 10, §8.10) ------------------------------------------
+def checked_train_loop(backend: Backend, problem: Problem, config: Config, loop: Loop
+                       ) -> LoopResult:
+    """``backend.train_loop`` (optional, spec §8.10) with its answer validated like the others.
+
+    ``train_loop(problem, config, loop, batches)``: one epoch of the framework's loop from
+    ``problem.params`` over ``batches`` (``reference.loop.loop_batches``) as ``loop`` says; a
+    ``LoopResult`` or a mapping with its keys (params: the problem's names and shapes, finite;
+    optimizer_steps ≥ 0; skipped: window indices; reported_losses: None or one per window,
+    finite where not skipped). Nothing handed to the backend may be modified."""
+    call = "train_loop"
+    try:
+        if not implements(backend, call):
+            raise BackendError(f"backend {backend.name!r} does not implement the optional "
+                               f"train_loop()")
+        out = _call_with_batches(backend, call, config, problem, loop_batches(problem, loop),
+                                 loop)
+        got = dict(out) if isinstance(out, Mapping) else vars(out)
+        params = _check_grads(backend, call, config, got.get("params"),
+                              problem.network.param_shapes(), ())
+        steps, skipped, windows = got.get("optimizer_steps"), got.get("skipped") or (), len(
+            loop.windows)
+        if not (isinstance(steps, int | np.integer) and steps >= 0):
+            raise BackendError(f"{_where(backend, call, config)} returned optimizer_steps="
+                               f"{steps!r}, expected an integer >= 0")
+        if not all(isinstance(w, int | np.integer) and 0 <= w < windows for w in skipped):
+            raise BackendError(f"{_where(backend, call, config)} returned skipped={skipped!r}, "
+                               f"expected window indices in 0..{windows - 1}")
+        skipped = tuple(sorted({int(w) for w in skipped}))
+        losses = got.get("reported_losses")
+        if losses is not None:
+            a = np.asarray(losses, dtype=np.float64)
+            if a.shape != (windows,):
+                raise BackendError(f"{_where(backend, call, config)} returned reported_losses "
+                                   f"of shape {a.shape}, expected one per window ({windows},)")
+            kept = [w for w in range(windows) if w not in skipped]
+            _as_array(backend, call, config, "reported losses", a[kept], (len(kept),))
+            losses = tuple(float(x) for x in a)
+        return LoopResult(params, int(steps), skipped, losses)
+    except BackendError as exc:
+        exc.call = call
         raise

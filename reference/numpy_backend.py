@@ -16,6 +16,7 @@ from .batch import Batch
 from .capabilities import REQUESTS, VOCABULARY
 from .contract import Config
 from .grads import batch_grad, per_example_grads
+from .loop import Loop, LoopResult, run_loop
 from .problem import Problem
 from .types import Grads
 from .update import Optimizer, train
@@ -71,6 +72,12 @@ class NumpyBackend:
         """The optional gradient accumulation (spec §5.1–§5.5): ``reference.accumulation.
         accumulate`` in the dtype, with the summing or the running-mean ("average") accumulator."""
         return accumulate(problem, plan, np.dtype(config.dtype), method)
+
+    def train_loop(self, problem: Problem, config: Config, loop: Loop,
+                   batches: Sequence[Batch]) -> LoopResult:
+        """The optional training loop (spec §8.10): ``reference.loop.run_loop`` in the dtype
+        (``batches`` are ``loop_batches(problem, loop)``, which it makes itself)."""
+        return run_loop(problem, loop, np.dtype(config.dtype))
 
 
 backend = NumpyBackend()

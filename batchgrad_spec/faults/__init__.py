@@ -20,6 +20,7 @@ gets one thing wrong. Rooms, one concern each (``base`` under all of them):
 * ``layers``        chapter 4's BatchNorm and leaky_relu (§4.2, §4.3, §4.6)
 * ``accumulation``  chapter 5's gradient accumulation (§5.1–§5.4)
 * ``update``        chapter 6's update steps (§6.1, §6.2, §6.6)
+* ``loops``         chapter 10's training loops (§10.1–§10.4)
 * ``capabilities``  declarations: a subset, a misspelt name, a deviation confined to one feature
   (§8.6, §8.7)
 * ``gallery``       ``Bug``, ``GALLERY``, ``PENDING``: which property catches which classic bug
@@ -32,7 +33,8 @@ loadable from its own module,
 ``--backend batchgrad_spec.faults.<module>:<name>``. ``tests/meta/`` checks that each is caught by
 the clause its docstring names: ``test_faulty_backends.py``, ``test_gallery.py``,
 ``test_contract_errors.py``, ``test_loss_faults.py``, ``test_layer_faults.py``,
-``test_accumulation_faults.py``, ``test_update_faults.py``, ``test_precision_modes.py``.
+``test_accumulation_faults.py``, ``test_update_faults.py``, ``test_precision_modes.py``,
+``test_loop_faults.py``.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ import importlib
 from typing import Any
 
 _MODULES = ("gallery", "reductions", "per_example", "operations", "precision", "contract",
-            "losses", "layers", "accumulation", "update", "reporting", "capabilities",
-            "base")
+            "losses", "layers", "accumulation", "update", "loops", "reporting",
+            "capabilities", "base")
 """The modules whose names this package resolves, searched in this order."""
 
 _MISSING = object()

@@ -19,6 +19,8 @@ The rooms, in import order (each imports only rooms above it):
 * ``buckets``: a problem embedded in its shape bucket, and its real gradients out of it;
 * ``plain``: the plain programs (``BATCHGRAD_JAX_BUCKETS=0``), the problem traced as written;
 * ``update`` and ``accumulation``: optax updates (spec chapter 6), gradient accumulation (§5.1–5);
+* ``loop``: the training loop of chapter 10 (``optax.MultiSteps``, ``clip_by_global_norm``,
+  ``apply_if_finite``);
 * ``adapter``: ``JaxBackend``, the backend contract's methods.
 
 This package re-exports the names other modules use (``backend``, ``JaxBackend``, ``ACTIVATIONS``,
@@ -29,7 +31,7 @@ backend was one module: a program's name is part of its key in the compilation c
 from __future__ import annotations
 
 from .accumulation import ACCUMULATE_AVERAGE, ACCUMULATE_SUM, MIN_PARAMS, MIN_STEPS
-from .adapter import JaxBackend
+from .adapter import JaxBackend, JaxMultiStepsAsIs
 from .buckets import (
     MIN_BATCH,
     MIN_DEPTH,
@@ -71,6 +73,8 @@ __all__ = [
     "Examples", "JaxBackend", "LayerRule", "Layout", "Net", "Padded", "Params", "backend",
     "bucket", "dense", "dropout", "gaussian_nll", "layout", "normalize", "optax_optimizer", "pad",
     "safe_mean", "smoothed_cross_entropy", "unpad",
+    "JaxMultiStepsAsIs", "multisteps_as_is",
 ]
 
 backend = JaxBackend()
+multisteps_as_is = JaxMultiStepsAsIs()  # the §10.3 finding: optax.MultiSteps keeps a NaN

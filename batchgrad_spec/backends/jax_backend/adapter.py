@@ -33,6 +33,7 @@ from reference.problem import Problem
 from reference.types import Grads, Undefined
 
 from . import accumulation, update
+from . import loop as _loop
 from .buckets import pad, unpad
 from .compilation import TRACES, buckets_enabled, on_device
 from .devices import check, gpu, stack
@@ -47,7 +48,7 @@ from .plain import (
     plain_vmap,
 )
 
-__all__ = ["JaxBackend"]
+__all__ = ["JaxBackend", "JaxMultiStepsAsIs"]
 
 
 class JaxBackend:
@@ -158,3 +159,24 @@ class JaxBackend:
         Accumulation`` plan, J_k = s_k L_k + t_k (λ/2)‖θ‖², all at the same θ: "sum" (jnp.add)
         or "average" (optax.MultiSteps), each ∇L_k from ``loss_and_grad`` (``accumulation``)."""
         return accumulation.accumulate(self.loss_and_grad, problem, config, plan, method)
+
+    # -- the optional training loop (spec chapter 10, §8.10) --------------------------------------
+    def train_loop(self, problem: Problem, config: Config, loop: Any,
+                   batches: Sequence[Batch]) -> Mapping[str, Any]:
+        """One epoch through ``optax.MultiSteps(apply_if_finite(chain(clip_by_global_norm, opt)),
+        every_k_schedule=window sizes)`` (``loop.train_loop``)."""
+        return _loop.train_loop(self.loss_and_grad, self.per_example, problem, config, loop,
+                                batches)
+
+
+class JaxMultiStepsAsIs(JaxBackend):
+    """The jax backend with ``train_loop`` leaving ``optax.MultiSteps``' accumulator as optax
+    leaves it after a non-finite window (``loop`` module docstring; the finding of spec §10.3):
+    ``--backend batchgrad_spec.backends.jax_backend:multisteps_as_is``."""
+
+    name = "jax_multisteps_as_is"
+
+    def train_loop(self, problem: Problem, config: Config, loop: Any,
+                   batches: Sequence[Batch]) -> Mapping[str, Any]:
+        return _loop.train_loop(self.loss_and_grad, self.per_example, problem, config, loop,
+                                batches, workaround=False)

@@ -9,6 +9,7 @@ to realise the reference's definitions (spec §1.5, §7.2), as PyTorch users wri
 Rooms, one concern each (imports go one way, down this list):
 
 * ``adapter``      ``TorchBackend`` and ``backend``: the contract, each method a call below
+* ``loop``         the training loop of chapter 10: windows, clipping, loss scaling, DP-SGD
 * ``training``     batch gradient, accumulation into ``.grad`` (§5), ``torch.optim`` steps (§6)
 * ``per_example``  the "vmap" and "loop" methods (§1.4, §2.12; Undefined through train-mode
   BatchNorm, §4.3)

@@ -15,6 +15,7 @@ from reference.contract import Config
 from reference.problem import Problem
 from reference.types import Grads
 
+from . import loop as _loop
 from . import per_example as _per_example
 from . import training
 
@@ -23,6 +24,8 @@ __all__ = ["TorchBackend", "backend"]
 
 class TorchBackend:
     name = "torch"
+    clip_epsilon = 1e-6
+    """``clip_grad_norm_`` clips by c/(‖g‖ + 10⁻⁶) (spec §8.10, §10.1)."""
 
     def versions(self) -> Mapping[str, str]:
         return {"torch": torch.__version__}
@@ -63,6 +66,13 @@ class TorchBackend:
                    method: str = "sum") -> Grads:
         """Micro-batch ``backward()``s summed into ``.grad`` (``training.accumulate``)."""
         return training.accumulate(problem, config, plan, method)
+
+    # -- the optional training loop (spec chapter 10, §8.10) --------------------------------------
+    def train_loop(self, problem: Problem, config: Config, loop: Any,
+                   batches: Sequence[Batch]) -> Mapping[str, Any]:
+        """One epoch written by hand: backward per micro-batch, unscale, clip_grad_norm_, step
+        (``loop.train_loop``)."""
+        return _loop.train_loop(problem, config, loop, batches)
 
 
 backend = TorchBackend()
