@@ -35,7 +35,7 @@ from . import accumulation, update
 from .buckets import pad, unpad
 from .compilation import TRACES, buckets_enabled, on_device
 from .devices import check, gpu, stack
-from .layers import rule
+from .layers import bucketable, rule
 from .padded import PADDED_BATCH, PADDED_SINGLE, PADDED_VMAP, Params
 from .plain import (
     bound_plain_caches,
@@ -82,7 +82,7 @@ class JaxBackend:
     def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
         dtype, device = check(config)
         with jax.default_device(device):  # numpy arguments: jit transfers them (cheaper)
-            if self._bucketed():
+            if self._bucketed() and bucketable(problem):
                 p = pad(problem, dtype)
                 fn = on_device(PADDED_BATCH, device)
                 value, grads = jax.device_get(fn(p.params, p.net, p.ex, p.coef, p.reduction,
@@ -112,7 +112,7 @@ class JaxBackend:
                 f"axis_name, lanes that sum to ∇Σℓ_i but are not ∇ℓ_i)")
         n = problem.batch.size
         with jax.default_device(device):
-            if self._bucketed():
+            if self._bucketed() and bucketable(problem):
                 p = pad(problem, dtype)
                 if method == "vmap":
                     out = on_device(PADDED_VMAP, device)(p.params, p.net, p.ex, full=p.full)
