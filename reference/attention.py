@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .batch import Batch
+from .capabilities import register
 from .linear import contract_bound, input_bound, outer_bound
 from .numerics import R, Rounding
 from .ops import dense, vjp_dense_input
@@ -27,6 +28,9 @@ from .types import Array, Grads, ProblemError, Site
 from .unit import LayerUnit
 
 __all__ = ["SCALE_ROUNDINGS", "SelfAttention"]
+
+ATTENTION = register("layer:attention", "SelfAttention(dim, heads): scaled dot-product "
+                     "self-attention over tokens, key-padding mask = token mask (spec §9.3)")
 
 SCALE_ROUNDINGS = 4
 """Relative error, in units of u, allowed the scaling by 1/√d_h: the constant rounded, and up to
@@ -49,7 +53,7 @@ class SelfAttention(LayerUnit):
         return f"SelfAttention({self.dim}, heads={self.heads})"
 
     def features(self) -> frozenset[str]:
-        return frozenset({"layer:attention", "input:sequence"})
+        return frozenset({ATTENTION})
 
     @property
     def in_width(self) -> int:

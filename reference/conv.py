@@ -23,12 +23,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .capabilities import register
 from .linear import contract_bound, input_bound
 from .numerics import R, Rounding
 from .types import Array, Grads, ProblemError, Site
 from .unit import LayerUnit
 
 __all__ = ["Conv1d"]
+
+CONV1D = register("layer:conv1d", "Conv1d(in, out, kernel, length, stride, padding, dilation, "
+                  "groups, bias): channels-first 1-D convolution on flat rows (spec §9.2)")
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class Conv1d(LayerUnit):
                 f"length={self.length}{extra})")
 
     def features(self) -> frozenset[str]:
-        return frozenset({"layer:conv1d"})
+        return frozenset({CONV1D})
 
     @property
     def out_length(self) -> int:

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batch import Batch
+from .capabilities import register
 from .numerics import R, Rounding
 from .types import Array, Grads, ProblemError, Site
 from .unit import LayerUnit
 
 __all__ = ["INDEX_WIDTH", "Embedding"]
 
+EMBEDDING = register("layer:embedding", "Embedding(num, dim, padding_idx): rows of W looked up "
+                     "by integer inputs; scatter-add gradient (spec §9.1)")
 INDEX_WIDTH = 0
 """The width ``Network.widths`` gives the input of an ``Embedding``: indices, no feature axis."""
 
@@ -45,7 +48,7 @@ class Embedding(LayerUnit):
         return f"Embedding({self.num_embeddings}, {self.embedding_dim}{pad})"
 
     def features(self) -> frozenset[str]:
-        return frozenset({"layer:embedding"})
+        return frozenset({EMBEDDING})
 
     @property
     def in_width(self) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 from .activations import Activation
 from .attention import SelfAttention
 from .batch import Batch
+from .capabilities import register
 from .conv import Conv1d
 from .embedding import Embedding
 from .norms import BatchNorm, LayerNorm
@@ -25,7 +26,12 @@ from .residual import Residual
 from .types import Array, Grads, Params, ProblemError, Site
 from .unit import LayerUnit
 
-__all__ = ["NORMS", "Dense", "Dropout", "Layer", "Network"]
+__all__ = ["NORMS", "STRUCTURED", "Dense", "Dropout", "Layer", "Network"]
+
+DENSE = register("layer:dense", "Dense(in_features, out_features, bias): z = a Wᵀ + b, "
+                 "weight (out, in), bias optional (§1.1)")
+DROPOUT = register("layer:dropout", "Dropout(p): a ⊙ m / (1 − p), keep-mask m given as data "
+                   "in batch.dropout[k] (§4.5)")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,9 @@ class Dense(LayerUnit):
 
     def check_width(self, width: int) -> bool:
         return width == self.in_features
+
+    def features(self) -> frozenset[str]:
+        return frozenset({DENSE})
 
     def forward(self, a: Array, site: Site) -> tuple[Array, None]:
         bias = site.param("bias") if self.bias else None
@@ -124,6 +133,9 @@ class Dropout(LayerUnit):
             raise ProblemError(f"Dropout at layer {k} needs batch.dropout[{k}], a 0/1 "
                                f"keep-mask of shape {shape}")
 
+    def features(self) -> frozenset[str]:
+        return frozenset({DROPOUT})
+
     def forward(self, a: Array, site: Site) -> tuple[Array, None]:
         assert site.keep is not None
         return dropout(a, site.keep.astype(site.dtype), self.p), None
@@ -144,6 +156,13 @@ class Dropout(LayerUnit):
                        per_example: Callable, need_input: bool) -> tuple[dict, R]:
         return {}, r.mul(g, scale)
 
+
+TIED = register("params:tied", "Network(layers, ties={alias: name}): one parameter used by two "
+                "layers; its gradient is the sum over every use (spec §9.5)")
+STRUCTURED = frozenset({"layer:embedding", "layer:conv1d", "layer:attention", "layer:residual",
+                        TIED})
+"""The capabilities of spec chapter 9 (not in ``DEFAULT_CAPABILITIES``: an adapter written for
+0.2.0 never gets them; the built-in backends declare them)."""
 
 Layer = (Dense | Activation | LayerNorm | BatchNorm | Dropout | Embedding | Conv1d | SelfAttention
          | Residual)
@@ -251,11 +270,10 @@ class Network:
         return out
 
     def features(self) -> frozenset[str]:
-        """The capability names of chapter 9 the network uses (``params:tied`` for ties)."""
-        out: set[str] = {"params:tied"} if self.ties else set()
-        for layer in self.layers:
-            out |= set(getattr(layer, "features", frozenset)())
-        return frozenset(out)
+        """The capability names its layers use (spec §8.6), and ``params:tied`` for a tie
+        (§9.5)."""
+        return frozenset({TIED} if self.ties else ()).union(
+            *(layer.unit_features() for layer in self.layers))
 
     def __repr__(self) -> str:
         ties = f", ties={dict(self.ties)!r}" if self.ties else ""

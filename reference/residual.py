@@ -14,11 +14,15 @@ from typing import Any
 import numpy as np
 
 from .batch import Batch
+from .capabilities import register
 from .numerics import R, Rounding
 from .types import Array, Grads, ProblemError, Site
 from .unit import LayerUnit
 
 __all__ = ["Residual"]
+
+RESIDUAL = register("layer:residual", "Residual(block): x + block(x) around a block of layers "
+                    "(spec §9.4)")
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,7 @@ class Residual(LayerUnit):
         return f"Residual(({', '.join(map(repr, self.block))},))"
 
     def features(self) -> frozenset[str]:
-        out = {"layer:residual"}
-        for layer in self.block:
-            out |= set(layer.features()) if hasattr(layer, "features") else set()
-        return frozenset(out)
+        return frozenset({RESIDUAL}).union(*(layer.unit_features() for layer in self.block))
 
     @property
     def in_width(self) -> int | None:
