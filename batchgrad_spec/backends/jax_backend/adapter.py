@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from reference.batch import Batch
-from reference.capabilities import DEFAULT_CAPABILITIES
+from reference.capabilities import DEFAULT_CAPABILITIES, KnownDeviation
 from reference.contract import Config
 from reference.layers import STRUCTURED
 from reference.problem import Problem
@@ -78,6 +78,14 @@ class JaxBackend:
         with its options, reduction, and sequences with masks (spec §8.6), and the layers of chapter
         9 (``reference.layers.STRUCTURED``)."""
         return DEFAULT_CAPABILITIES | STRUCTURED
+
+    def known_deviations(self) -> tuple[KnownDeviation, ...]:
+        """float64 attention: ``jax.nn.dot_product_attention`` computes its softmax in float32
+        (spec §9.3.1, docs/findings/jax-dot-product-attention-float64-softmax.md)."""
+        reason = ("jax.nn.dot_product_attention computes the softmax in float32 for float64 "
+                  "inputs (docs/findings/jax-dot-product-attention-float64-softmax.md)")
+        return tuple(KnownDeviation(clause, "layer:attention", reason, dtype="float64")
+                     for clause in ("9.3", "9.6"))
 
     @staticmethod
     def trace_counts() -> dict[str, int]:
