@@ -23,7 +23,7 @@ from reference.conv import Conv1d
 from reference.embedding import Embedding
 from reference.grads import batch_grad, per_example_grads
 
-pytestmark = pytest.mark.meta
+pytestmark = [pytest.mark.meta, pytest.mark.clause("9.6")]
 
 S = structured_problems()
 
