@@ -55,6 +55,9 @@ class Problem:
     def __post_init__(self) -> None:
         params = {k: np.asarray(v, dtype=np.float64) for k, v in self.params.items()}
         object.__setattr__(self, "params", params)
+        if self.batch.indices and not self.network.takes_indices:  # numbers, as in 0.2.0
+            object.__setattr__(self, "batch", replace(
+                self.batch, inputs=self.batch.inputs.astype(np.float64)))
         self._validate()
 
     def _validate(self) -> None:
@@ -72,11 +75,11 @@ class Problem:
         if n < 1:
             raise ProblemError("a batch needs at least one example (N >= 1)")
         lead = b.lead  # (N,) or (N, T)
-        if net.takes_indices or b.indices:
-            if not (net.takes_indices and b.indices and b.inputs.ndim in (1, 2)):
-                raise ProblemError(f"inputs are {b.inputs.dtype} {b.inputs.shape}: integer "
-                                   f"indices (N,) or (N, T) go with a network whose first layer "
-                                   f"is an Embedding, and only with one (spec §9.1)")
+        if net.takes_indices:
+            if not (b.indices and b.inputs.ndim in (1, 2)):
+                raise ProblemError(f"inputs are {b.inputs.dtype} {b.inputs.shape}: a network "
+                                   f"whose first layer is an Embedding takes integer indices "
+                                   f"of shape (N,) or (N, T) (spec §9.1)")
         elif b.inputs.ndim not in (2, 3) or b.inputs.shape[-1] != net.in_features:
             raise ProblemError(f"inputs have shape {b.inputs.shape}, expected (N, "
                                f"{net.in_features}) or, for sequences, (N, T, {net.in_features})")
