@@ -55,6 +55,9 @@ class Problem:
     def __post_init__(self) -> None:
         params = {k: np.asarray(v, dtype=np.float64) for k, v in self.params.items()}
         object.__setattr__(self, "params", params)
+        if self.batch.indices and not self.network.takes_indices:  # numbers, as in 0.2.0
+            object.__setattr__(self, "batch", replace(
+                self.batch, inputs=self.batch.inputs.astype(np.float64)))
         self._validate()
 
     def _validate(self) -> None:
@@ -71,8 +74,13 @@ class Problem:
         b, n, net, loss = self.batch, self.batch.size, self.network, self.loss
         if n < 1:
             raise ProblemError("a batch needs at least one example (N >= 1)")
-        lead = b.inputs.shape[:-1]  # (N,) or (N, T)
-        if b.inputs.ndim not in (2, 3) or b.inputs.shape[-1] != net.in_features:
+        lead = b.lead  # (N,) or (N, T)
+        if net.takes_indices:
+            if not (b.indices and b.inputs.ndim in (1, 2)):
+                raise ProblemError(f"inputs are {b.inputs.dtype} {b.inputs.shape}: a network "
+                                   f"whose first layer is an Embedding takes integer indices "
+                                   f"of shape (N,) or (N, T) (spec §9.1)")
+        elif b.inputs.ndim not in (2, 3) or b.inputs.shape[-1] != net.in_features:
             raise ProblemError(f"inputs have shape {b.inputs.shape}, expected (N, "
                                f"{net.in_features}) or, for sequences, (N, T, {net.in_features})")
         if b.sequence:
@@ -206,7 +214,7 @@ class Problem:
 
         b = self.batch
         t = b.targets if b.targets.dtype.kind in "iu" else r(b.targets)
-        batch = replace(b, inputs=r(b.inputs), targets=t,
+        batch = replace(b, inputs=b.inputs if b.indices else r(b.inputs), targets=t,
                         weights=None if b.weights is None else r(b.weights),
                         variances=None if b.variances is None else r(b.variances))
         loss = self.loss
@@ -214,7 +222,7 @@ class Problem:
             loss = replace(loss, class_weights=tuple(r(np.array(loss.class_weights))))
         layers = tuple(la.rounded(dtype) for la in self.network.layers)
         return replace(self, params={k: r(v) for k, v in self.params.items()}, batch=batch,
-                       loss=loss, network=Network(layers))
+                       loss=loss, network=Network(layers, self.network.ties))
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k!r}: {array_repr(v)}" for k, v in self.params.items())

@@ -18,6 +18,7 @@ gets one thing wrong. Rooms, one concern each (``base`` under all of them):
   the inputs: what the summary and the conformance report say (§8.8)
 * ``losses``        chapter 3's loss reductions (§3.3–§3.5)
 * ``layers``        chapter 4's BatchNorm and leaky_relu (§4.2, §4.3, §4.6)
+* ``structured``    chapter 9's embedding scatter, tie, dilation, all-masked NaN (§9.1–§9.5)
 * ``accumulation``  chapter 5's gradient accumulation (§5.1–§5.4)
 * ``update``        chapter 6's update steps (§6.1, §6.2, §6.6)
 * ``loops``         chapter 10's training loops (§10.1–§10.4)
@@ -33,8 +34,8 @@ loadable from its own module,
 ``--backend batchgrad_spec.faults.<module>:<name>``. ``tests/meta/`` checks that each is caught by
 the clause its docstring names: ``test_faulty_backends.py``, ``test_gallery.py``,
 ``test_contract_errors.py``, ``test_loss_faults.py``, ``test_layer_faults.py``,
-``test_accumulation_faults.py``, ``test_update_faults.py``, ``test_precision_modes.py``,
-``test_loop_faults.py``.
+``test_accumulation_faults.py``, ``test_update_faults.py``, ``test_structured_faults.py``,
+``test_precision_modes.py``, ``test_loop_faults.py``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any
 
 _MODULES = ("gallery", "reductions", "per_example", "operations", "precision", "contract",
             "losses", "layers", "accumulation", "update", "loops", "reporting",
-            "capabilities", "base")
+            "capabilities", "structured", "base")
 """The modules whose names this package resolves, searched in this order."""
 
 _MISSING = object()

@@ -19,11 +19,12 @@ from typing import Any
 from reference.layers import Dense
 from reference.problem import Problem
 
-__all__ = ["CH1", "CH2", "CH3", "GALLERY", "PENDING", "Bug", "describe", "property_test"]
+__all__ = ["CH1", "CH2", "CH3", "CH9", "GALLERY", "PENDING", "Bug", "describe", "property_test"]
 
 CH1 = "tests/test_ch1_definitions.py::"
 CH2 = "tests/test_ch2_core.py::"
 CH3 = "tests/test_ch3_loss_options.py::"
+CH9 = "tests/test_ch9_structured_layers.py::"
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,17 @@ GALLERY: tuple[Bug, ...] = (
     Bug("label smoothing's uniform term taken over ignored rows too (pytorch#73205)",
         "smoothing_over_ignored_rows", "3.5",
         CH3 + "test_label_smoothing_averages_its_uniform_term_over_the_kept_labels_only"),
+    Bug("embedding per-example gradients by an overwriting scatter (repeated indices)",
+        "embedding_overwriting_scatter", "9.1",
+        CH9 + "test_embedding_gradients_are_scatter_adds_of_the_token_cotangents", method="vmap"),
+    Bug("a tied parameter's gradient from one use only (Opacus#413, pytorch#80951)",
+        "tied_one_use_only", "9.5", CH9 + "test_tied_parameter_gradient_is_the_sum_over_its_uses",
+        method="vmap"),
+    Bug("a convolution's weight gradient ignoring dilation", "conv_ignores_dilation", "9.2",
+        CH9 + "test_conv1d_gradients_match_the_reference", method="vmap"),
+    Bug("an all-masked attention row's NaN leaking into the gradients (pytorch#41508)",
+        "attention_all_masked_nan", "9.3.2",
+        CH9 + "test_an_all_masked_example_leaks_no_nan_into_any_gradient", method="vmap"),
 )
 """The README's "Gallery of caught bugs", row by row; ``tests/meta/test_gallery.py`` checks it."""
 
@@ -98,7 +110,7 @@ since chapter 5: the last one (a penalty per micro-batch) is
 ``batchgrad_spec.faults.accumulation:penalty_per_micro_batch`` now."""
 
 
-PROPERTIES = ("definitions", "core", "losses", "layers")
+PROPERTIES = ("definitions", "core", "losses", "layers", "structured")
 """The modules of ``batchgrad_spec.properties`` the gallery's properties come from."""
 
 
@@ -119,7 +131,8 @@ def describe(problem: Problem) -> str:
     """A problem's size as the README states it: N, the Dense widths, activations, loss."""
     net = problem.network
     widths = [d.in_features for _, d in net.dense_layers()] + [net.out_features]
-    acts = [layer.name for layer in net.layers if not isinstance(layer, Dense)]
+    acts = [getattr(layer, "name", None) or repr(layer) for layer in net.layers
+            if not isinstance(layer, Dense)]
     extra = [", ".join(acts)] if acts else []
     extra += ["cross-entropy"] if problem.loss.name == "softmax_cross_entropy" else []
     return (f"N={problem.batch.size}, {'→'.join(map(str, widths))}"

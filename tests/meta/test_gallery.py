@@ -57,7 +57,7 @@ def readme_gallery() -> dict[str, str]:
     end = text.find("\n## ", start + 1)
     rows = {}
     for line in text[start:end if end > 0 else None].splitlines():
-        m = re.match(r"^\|[^|]*\|\s*`(\w+)`\s*\|\s*§(\d+\.\d+)\b", line)
+        m = re.match(r"^\|[^|]*\|\s*`(\w+)`\s*\|\s*§(\d+\.\d+(?:\.\d+)?)\b", line)
         if m:
             rows[m.group(1)] = m.group(2)
     return rows
