@@ -11,7 +11,8 @@ compiles a kernel per new shape (spec §8.6, Appendix A "Slow frameworks").
   the "kernel" — and ``BATCHGRAD_SLOW_RUN_SECONDS`` (default 0.005) on every call.
 
 Both answer exactly what the reference answers; ``compiles`` counts the programs compiled,
-``calls`` the calls (appended to ``$BATCHGRAD_SLOW_LOG`` at exit when set). The report of a run
+``calls`` the calls (appended to ``$BATCHGRAD_SLOW_LOG`` at exit when set; pytest-xdist
+workers may exit without it, so count in a run without ``-n``). The report of a run
 names the delay (``versions()``).
 """
 
