@@ -25,7 +25,7 @@ from .numerics import REFERENCE, Precision, R, Rounding, gamma, precision
 from .problem import Problem
 from .types import Grads, Site
 
-__all__ = ["Bound", "Override", "error_bound", "problem_tolerance"]
+__all__ = ["Bound", "Override", "error_bound", "problem_tolerance", "scaled_grads_bound"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,3 +183,21 @@ def problem_tolerance(problem: Problem, dtype: str, mode: str = "strict", *,
         lt,
         {k: np.full_like(v, gt) for k, v in total.batch_grads.items()},
     )
+
+
+# -- a library's per-example field s·κ_i·g_i (spec §9.8) -----------------------------------------
+def scaled_grads_bound(tol: Grads, grads: Grads, factors: np.ndarray, problem: Problem,
+                       dtype: str, mode: str = "strict") -> Grads:
+    """Tolerance of s·κ_i·g_i computed by backpropagating L = Σ κ_i ℓ_i (and multiplying by s):
+    the backward pass is linear in its seed, so its error is |s κ_i| times the per-example
+    bound ``tol`` of g_i (seed 1), plus the seed's own error, |s κ_i g_i| times the computed
+    κ_i's relative error (``coefficient_error``, §7.1) and one rounding each for the seed's
+    product with ℓ_i's cotangent and for the multiplication by s."""
+    u = precision(dtype, mode).u
+    eps = coefficient_error(problem.reduction, problem.counts, problem.batch.weights, u) + 2 * u
+    f = np.abs(np.asarray(factors, dtype=np.float64))
+    out = {}
+    for k, t in tol.items():
+        shape = (-1,) + (1,) * (t.ndim - 1)
+        out[k] = f.reshape(shape) * (t + eps.reshape(shape) * np.abs(grads[k]))
+    return out
