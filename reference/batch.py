@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Batch", "array_repr"]
+from .capabilities import register
+
+__all__ = ["MASK", "SEQUENCE", "Batch", "array_repr"]
+
+SEQUENCE = register("input:sequence", "sequence batches: inputs (N, T, d), one prediction per "
+                    "token, ℓ_i summed over the valid tokens (§3.7)")
+MASK = register("input:mask", "batch.mask (N, T) bool of a sequence batch: which tokens count "
+                "(§3.7)")
 
 
 def array_repr(a: np.ndarray) -> str:
@@ -20,7 +27,8 @@ def array_repr(a: np.ndarray) -> str:
 class Batch:
     """N examples: inputs, targets, and the data some problems need.
 
-    inputs      (N, d) or, for sequences, (N, T, d)
+    inputs      (N, d) or, for sequences, (N, T, d); integer token indices (N,) or, for
+                sequences, (N, T) for a network that starts with an ``Embedding`` (spec §9.1)
     targets     int labels (N,) / (N, T), or float (N, D) / (N, T, D) (soft targets: (N, C))
     weights     (N,) the c_i of the weighted reductions
     mask        (N, T) bool, sequences only: which tokens count (default: all)
@@ -36,7 +44,9 @@ class Batch:
     dropout: Mapping[int, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "inputs", np.asarray(self.inputs, dtype=np.float64))
+        x = np.asarray(self.inputs)
+        x = x.astype(np.int64) if x.dtype.kind in "iu" else x.astype(np.float64)
+        object.__setattr__(self, "inputs", x)
         t = np.asarray(self.targets)
         t = t.astype(np.int64) if t.dtype.kind in "iu" else t.astype(np.float64)
         object.__setattr__(self, "targets", t)
@@ -52,9 +62,25 @@ class Batch:
         return int(self.inputs.shape[0])
 
     @property
+    def indices(self) -> bool:
+        """True for integer inputs: token indices of an ``Embedding`` (spec §9.1)."""
+        return self.inputs.dtype.kind in "iu"
+
+    @property
+    def lead(self) -> tuple[int, ...]:
+        """(N,) or, for sequences, (N, T): the axes of examples and tokens."""
+        return self.inputs.shape if self.indices else self.inputs.shape[:-1]
+
+    @property
     def sequence(self) -> bool:
-        """True for (N, T, d) inputs: one prediction per token (spec §3.7)."""
-        return self.inputs.ndim == 3
+        """True for (N, T, d) inputs, or (N, T) indices: one prediction per token (spec §3.7)."""
+        return len(self.lead) == 2
+
+    def features(self) -> frozenset[str]:
+        """``input:sequence`` for (N, T, d) inputs, ``input:mask`` when a mask is given (the
+        data of a loss, reduction or layer comes with that unit's own name)."""
+        return frozenset(([SEQUENCE] if self.sequence else [])
+                         + ([MASK] if self.mask is not None else []))
 
     @property
     def token_mask(self) -> np.ndarray:

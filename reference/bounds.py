@@ -154,6 +154,9 @@ def _backward_bound(problem: Problem, fw: _Forward, g: R, r: Rounding,
                                           per_example, k > first)
         for name, v in own.items():
             out[f"{k}.{name}"] = v
+    for alias, target in problem.network.tied:  # the sum over the uses: one more addition
+        (e1, s1), (e2, s2) = out[target], out.pop(alias)
+        out[target] = (e1 + e2 + r.u * (s1 + s2) + r.tiny * ((s1 + s2) > 0), s1 + s2)
     return {k: out[k] for k in problem.network.param_shapes()}
 
 

@@ -52,16 +52,18 @@ class Trace:
 
 
 def sites_of(problem: Problem, dtype: DType = np.float64, lead: int = 0) -> list[Site]:
-    """Each layer's ``Site`` in ``problem``: θ, the dtype, and its dropout mask (as rows of
-    ``lead`` leading axes when ``lead`` > 0, as the bound's passes use it)."""
-    n, params, drop = len(problem.network.layers), problem.params, problem.batch.dropout
+    """Each layer's ``Site`` in ``problem``: θ (tied names bound, spec §9.5), the dtype, and its
+    data (``site_data``: a dropout mask, as rows of ``lead`` leading axes when ``lead`` > 0 and
+    the layer takes its data as rows, as the bound's passes use it; an attention's token mask)."""
+    net, b = problem.network, problem.batch
+    n, params = len(net.layers), net.with_ties(problem.params)
     make = tuple.__new__  # Site(...) without NamedTuple's Python-level __new__: 6× cheaper
-    if not drop:
+    if not b.dropout and not b.sequence:
         return [make(Site, (k, params, dtype, None)) for k in range(n)]
     out = []
-    for k in range(n):
-        keep = drop.get(k)
-        if keep is not None and lead:
+    for k, layer in enumerate(net.layers):
+        keep = layer.site_data(k, b)
+        if keep is not None and lead and layer.data_rows:
             keep = _rows(keep, lead)
         out.append(make(Site, (k, params, dtype, keep)))
     return out
@@ -71,7 +73,8 @@ def forward(problem: Problem, dtype: DType = np.float64) -> Trace:
     """Layer by layer, keeping each layer's input and output. ``dtype`` float32 runs the same
     code in float32 (the ``numpy`` backend's float32 mode); the reference itself is float64.
     Every layer acts on the last axis, so a sequence batch (N, T, d) runs token by token."""
-    a = problem.batch.inputs.astype(dtype)
+    a = problem.batch.inputs
+    a = a if problem.batch.indices else a.astype(dtype)  # indices stay integers (§9.1)
     inputs, outputs, saved = [], [], []
     sites = sites_of(problem, dtype)
     for layer, at in zip(problem.network.layers, sites, strict=True):
@@ -157,6 +160,8 @@ def _backward(
                                 trace.sites[k], param_rule, k > first)
         for name, v in own.items():
             grads[f"{k}.{name}"] = v
+    for alias, target in problem.network.tied:  # a tied parameter: the sum over its uses
+        grads[target] = grads[target] + grads.pop(alias)
     return {name: grads[name] for name in params}
 
 

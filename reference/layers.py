@@ -7,21 +7,31 @@ Each layer type is a unit that knows its own rules (the contract: ``reference.un
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from .activations import Activation
+from .attention import SelfAttention
 from .batch import Batch
+from .capabilities import register
+from .conv import Conv1d
+from .embedding import Embedding
 from .norms import BatchNorm, LayerNorm
 from .numerics import R, Rounding, gamma
 from .ops import dense, dropout, vjp_dense_input
-from .types import Array, Grads, ProblemError, Site
+from .residual import Residual
+from .types import Array, Grads, Params, ProblemError, Site
 from .unit import LayerUnit
 
-__all__ = ["NORMS", "Dense", "Dropout", "Layer", "Network"]
+__all__ = ["NORMS", "STRUCTURED", "Dense", "Dropout", "Layer", "Network"]
+
+DENSE = register("layer:dense", "Dense(in_features, out_features, bias): z = a Wᵀ + b, "
+                 "weight (out, in), bias optional (§1.1)")
+DROPOUT = register("layer:dropout", "Dropout(p): a ⊙ m / (1 − p), keep-mask m given as data "
+                   "in batch.dropout[k] (§4.5)")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,16 @@ class Dense(LayerUnit):
 
     def out_width(self, width: int) -> int:
         return self.out_features
+
+    @property
+    def in_width(self) -> int:
+        return self.in_features
+
+    def check_width(self, width: int) -> bool:
+        return width == self.in_features
+
+    def features(self) -> frozenset[str]:
+        return frozenset({DENSE})
 
     def forward(self, a: Array, site: Site) -> tuple[Array, None]:
         bias = site.param("bias") if self.bias else None
@@ -113,6 +133,9 @@ class Dropout(LayerUnit):
             raise ProblemError(f"Dropout at layer {k} needs batch.dropout[{k}], a 0/1 "
                                f"keep-mask of shape {shape}")
 
+    def features(self) -> frozenset[str]:
+        return frozenset({DROPOUT})
+
     def forward(self, a: Array, site: Site) -> tuple[Array, None]:
         assert site.keep is not None
         return dropout(a, site.keep.astype(site.dtype), self.p), None
@@ -134,42 +157,79 @@ class Dropout(LayerUnit):
         return {}, r.mul(g, scale)
 
 
-Layer = Dense | Activation | LayerNorm | BatchNorm | Dropout
+TIED = register("params:tied", "Network(layers, ties={alias: name}): one parameter used by two "
+                "layers; its gradient is the sum over every use (spec §9.5)")
+STRUCTURED = frozenset({"layer:embedding", "layer:conv1d", "layer:attention", "layer:residual",
+                        TIED})
+"""The capabilities of spec chapter 9 (not in ``DEFAULT_CAPABILITIES``: an adapter written for
+0.2.0 never gets them; the built-in backends declare them)."""
+
+Layer = (Dense | Activation | LayerNorm | BatchNorm | Dropout | Embedding | Conv1d | SelfAttention
+         | Residual)
 NORMS = (LayerNorm, BatchNorm)
 
 
 @dataclass(frozen=True)
 class Network:
-    """A sequence of layers; consecutive widths must agree."""
+    """A sequence of layers; consecutive widths must agree.
+
+    ``ties`` (spec §9.5) maps a parameter name to the earlier parameter it is: ``{"3.weight":
+    "0.weight"}`` makes layer 3 use layer 0's weight (an embedding and the output projection).
+    θ holds the parameter once, under the first use's name (as ``named_parameters`` reports a
+    shared ``nn.Parameter``), and its gradient is the sum over every use."""
 
     layers: tuple[Layer, ...]
+    ties: Mapping[str, str] | tuple[tuple[str, str], ...] = ()
     _shapes: ClassVar[dict[str, tuple[int, ...]]]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
+        ties = self.ties.items() if isinstance(self.ties, Mapping) else self.ties
+        object.__setattr__(self, "ties", tuple(sorted((str(a), str(b)) for a, b in ties)))
         dense = self.dense_layers()
         if not dense:
             raise ProblemError(f"{self!r}: a network needs at least one Dense layer")
-        for (_, a), (_, b) in zip(dense, dense[1:], strict=False):
+        for (i, a), (j, b) in zip(dense, dense[1:], strict=False):
+            if any(layer.in_width is not None for layer in self.layers[i + 1:j]):
+                continue  # a layer between states its own width: checked below
             if a.out_features != b.in_features:
                 raise ProblemError(
                     f"{self!r}: {a!r} feeds {b!r}; out_features must equal the next in_features"
                 )
+        every = {f"{k}.{name}": shape for k, layer in enumerate(self.layers)
+                 for name, shape in layer.param_shapes().items()}
+        for alias, target in self.tied:
+            if alias not in every or target not in every or target in dict(self.ties):
+                raise ProblemError(f"{self!r}: tie {alias!r} -> {target!r} must name two "
+                                   f"parameters of the network, the second not itself tied")
+            if every[alias] != every[target]:
+                raise ProblemError(f"{self!r}: tie {alias!r} -> {target!r}: shapes "
+                                   f"{every[alias]} and {every[target]} differ")
+            if int(target.split(".")[0]) >= int(alias.split(".")[0]):
+                raise ProblemError(f"{self!r}: tie {alias!r} -> {target!r}: the parameter "
+                                   f"must belong to an earlier layer (its first use)")
+        aliases = dict(self.ties)
         # computed once (the passes ask for it on every call); not a field: eq and repr ignore it
-        object.__setattr__(self, "_shapes", {f"{k}.{name}": shape
-                                             for k, layer in enumerate(self.layers)
-                                             for name, shape in layer.param_shapes().items()})
+        object.__setattr__(self, "_shapes", {k: v for k, v in every.items() if k not in aliases})
+        widths = self.widths()
         for k, layer in enumerate(self.layers):
-            if not layer.check_width(self.widths()[k]):
+            if not layer.check_width(widths[k]):
                 raise ProblemError(f"{self!r}: layer {k} {layer!r} receives width "
-                                   f"{self.widths()[k]}; its features must equal that")
+                                   f"{widths[k]}; its features must equal that")
+
+    @property
+    def tied(self) -> tuple[tuple[str, str], ...]:
+        """The ties as (alias, parameter) pairs, sorted."""
+        return self.ties  # type: ignore[return-value]  # normalised in __post_init__
 
     def dense_layers(self) -> list[tuple[int, Dense]]:
         return [(k, layer) for k, layer in enumerate(self.layers) if isinstance(layer, Dense)]
 
     def widths(self) -> list[int]:
-        """The width of the activation entering each layer."""
-        width, out = self.dense_layers()[0][1].in_features, []
+        """The width of the activation entering each layer (0: the indices of an Embedding);
+        the first layer that states an input width (``in_width``) fixes the network's."""
+        width = next(la.in_width for la in self.layers if la.in_width is not None)
+        out = []
         for layer in self.layers:
             out.append(width)
             width = layer.out_width(width)
@@ -177,11 +237,16 @@ class Network:
 
     @property
     def in_features(self) -> int:
-        return self.dense_layers()[0][1].in_features
+        return self.widths()[0]
 
     @property
     def out_features(self) -> int:
-        return self.dense_layers()[-1][1].out_features
+        return self.layers[-1].out_width(self.widths()[-1])
+
+    @property
+    def takes_indices(self) -> bool:
+        """True when the first layer is an ``Embedding``: integer inputs (spec §9.1)."""
+        return isinstance(self.layers[0], Embedding)
 
     def layers_of(self, kind: type | tuple[type, ...]) -> list[int]:
         return [k for k, layer in enumerate(self.layers) if isinstance(layer, kind)]
@@ -192,8 +257,24 @@ class Network:
         return any(layer.couples_examples for layer in self.layers)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """{``k.name``: shape} of every parameter, in layer order (a fresh dict)."""
+        """{``k.name``: shape} of every parameter θ holds, in layer order (a fresh dict); a
+        tied parameter once, under its first use's name."""
         return dict(self._shapes)
 
+    def with_ties(self, params: Params) -> Params:
+        """θ with every tied name bound to the parameter it is (for the layers' rules)."""
+        if not self.ties:
+            return params
+        out = dict(params)
+        out.update({alias: params[target] for alias, target in self.tied})
+        return out
+
+    def features(self) -> frozenset[str]:
+        """The capability names its layers use (spec §8.6), and ``params:tied`` for a tie
+        (§9.5)."""
+        return frozenset({TIED} if self.ties else ()).union(
+            *(layer.unit_features() for layer in self.layers))
+
     def __repr__(self) -> str:
-        return f"Network(({', '.join(map(repr, self.layers))},))"
+        ties = f", ties={dict(self.ties)!r}" if self.ties else ""
+        return f"Network(({', '.join(map(repr, self.layers))},){ties})"

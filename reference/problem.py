@@ -34,7 +34,7 @@ import numpy as np
 
 from .batch import Batch, array_repr
 from .layers import Network
-from .losses import Loss, Reduction
+from .losses import SOFT_TARGETS, Loss, Reduction
 from .types import Params, ProblemError
 
 __all__ = ["DTYPES", "Problem"]
@@ -71,8 +71,13 @@ class Problem:
         b, n, net, loss = self.batch, self.batch.size, self.network, self.loss
         if n < 1:
             raise ProblemError("a batch needs at least one example (N >= 1)")
-        lead = b.inputs.shape[:-1]  # (N,) or (N, T)
-        if b.inputs.ndim not in (2, 3) or b.inputs.shape[-1] != net.in_features:
+        lead = b.lead  # (N,) or (N, T)
+        if net.takes_indices or b.indices:
+            if not (net.takes_indices and b.indices and b.inputs.ndim in (1, 2)):
+                raise ProblemError(f"inputs are {b.inputs.dtype} {b.inputs.shape}: integer "
+                                   f"indices (N,) or (N, T) go with a network whose first layer "
+                                   f"is an Embedding, and only with one (spec §9.1)")
+        elif b.inputs.ndim not in (2, 3) or b.inputs.shape[-1] != net.in_features:
             raise ProblemError(f"inputs have shape {b.inputs.shape}, expected (N, "
                                f"{net.in_features}) or, for sequences, (N, T, {net.in_features})")
         if b.sequence:
@@ -137,6 +142,13 @@ class Problem:
             raise ProblemError(f"labels must lie in [0, {out}) (or equal ignore_index), got "
                                f"{t.tolist()}")
 
+    def features(self) -> frozenset[str]:
+        """The capability names the problem uses (spec §8.6): those of its layers, loss,
+        reduction and batch, and ``loss:soft_targets`` for float cross-entropy targets."""
+        soft = self.loss.name == "softmax_cross_entropy" and self.batch.targets.dtype.kind == "f"
+        return (self.network.features() | self.loss.features() | self.reduction.features()
+                | self.batch.features() | ({SOFT_TARGETS} if soft else set()))
+
     @property
     def tokens(self) -> np.ndarray | None:
         """T_i, the valid tokens of each sequence (None unless a sequence batch)."""
@@ -199,7 +211,7 @@ class Problem:
 
         b = self.batch
         t = b.targets if b.targets.dtype.kind in "iu" else r(b.targets)
-        batch = replace(b, inputs=r(b.inputs), targets=t,
+        batch = replace(b, inputs=b.inputs if b.indices else r(b.inputs), targets=t,
                         weights=None if b.weights is None else r(b.weights),
                         variances=None if b.variances is None else r(b.variances))
         loss = self.loss
@@ -207,7 +219,7 @@ class Problem:
             loss = replace(loss, class_weights=tuple(r(np.array(loss.class_weights))))
         layers = tuple(la.rounded(dtype) for la in self.network.layers)
         return replace(self, params={k: r(v) for k, v in self.params.items()}, batch=batch,
-                       loss=loss, network=Network(layers))
+                       loss=loss, network=Network(layers, self.network.ties))
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k!r}: {array_repr(v)}" for k, v in self.params.items())

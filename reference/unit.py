@@ -10,8 +10,16 @@ iterate over the layers:
     check_width(width)      whether it accepts an input of that width
     takes_sequences         whether it is defined for sequence batches (N, T, d)
     check_data(k, batch, lead, width)   raises ProblemError when the batch lacks its data
+    site_data(k, batch)     the batch's data for it (``Site.keep``): its dropout mask by default,
+                            the token mask for a ``SelfAttention``; ``data_rows`` says whether
+                            the bound's passes get it as rows (masks) or as given ((N, T))
+    in_width                the input width it requires (None: any); the first layer that
+                            states one fixes the network's input width (``Network.widths``)
     rounded(dtype)          the layer with its own data rounded to dtype (``Problem.rounded``)
     couples_examples        whether ℓ_i depends on the other examples through it (§4.2)
+    features()              the capability names it uses (``reference.capabilities``, §8.6);
+                            read through ``unit_features()``, which the norms override instead
+                            (their width field is called ``features``, spec 0.2.0)
     forward(a, site)        (output, saved): its value on a batch, and what its backward needs
     backward(g, a, out, saved, site, rule, need_input)
                             ({local name: gradient}, input cotangent): its VJP; ``rule`` turns a
@@ -23,7 +31,10 @@ iterate over the layers:
 
 ``site`` (``reference.types.Site``) says where the layer sits: its index k, θ, the forward dtype
 and the batch's data for it. The layer types: ``Dense`` and ``Dropout`` (``reference.layers``),
-``Activation`` (``reference.activations``), ``LayerNorm`` and ``BatchNorm`` (``reference.norms``).
+``Activation`` (``reference.activations``), ``LayerNorm`` and ``BatchNorm`` (``reference.norms``),
+and the structured layers of spec chapter 9: ``Embedding`` (``reference.embedding``), ``Conv1d``
+(``reference.conv``), ``SelfAttention`` (``reference.attention``), ``Residual``
+(``reference.residual``).
 
 ``LayerUnit`` holds the defaults of a layer without parameters that keeps its input's width;
 each layer type overrides what it knows differently.
@@ -33,6 +44,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from .batch import Batch
 from .numerics import R, Rounding
@@ -63,11 +76,29 @@ class LayerUnit:
     def takes_sequences(self) -> bool:
         return True
 
+    @property
+    def in_width(self) -> int | None:
+        return None
+
+    @property
+    def data_rows(self) -> bool:
+        return True
+
+    def site_data(self, k: int, batch: Batch) -> np.ndarray | None:
+        """Layer k's data as its rules get it (``Site.keep``): ``batch.dropout[k]`` if any."""
+        return None if batch.dropout is None else batch.dropout.get(k)
+
     def check_data(self, k: int, batch: Batch, lead: tuple[int, ...], width: int) -> None:
         """Layer k's data in ``batch`` (``lead``: (N,) or (N, T)); none by default."""
 
     def rounded(self, dtype: str) -> Any:
         return self
+
+    def unit_features(self) -> frozenset[str]:
+        """The capability names this layer uses (spec §8.6), what callers read: the layer
+        type's own ``features()`` method (LayerNorm and BatchNorm override this instead, since
+        their field ``features`` is their width)."""
+        return self.features()  # type: ignore[attr-defined]
 
     def forward(self, a: Array, site: Site) -> tuple[Array, Any]:
         raise NotImplementedError

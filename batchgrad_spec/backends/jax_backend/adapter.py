@@ -27,7 +27,9 @@ import numpy as np
 import optax
 
 from reference.batch import Batch
+from reference.capabilities import DEFAULT_CAPABILITIES
 from reference.contract import Config
+from reference.layers import STRUCTURED
 from reference.problem import Problem
 from reference.types import Grads, Undefined
 
@@ -35,7 +37,7 @@ from . import accumulation, update
 from .buckets import pad, unpad
 from .compilation import TRACES, buckets_enabled, on_device
 from .devices import check, gpu, stack
-from .layers import rule
+from .layers import bucketable, rule
 from .padded import PADDED_BATCH, PADDED_SINGLE, PADDED_VMAP, Params
 from .plain import (
     bound_plain_caches,
@@ -71,6 +73,12 @@ class JaxBackend:
     def per_example_methods(self) -> Sequence[str]:
         return ("vmap", "loop")
 
+    def capabilities(self) -> frozenset[str]:
+        """The 0.2.0 vocabulary: every layer type of ``layers.LAYERS``, every activation, loss
+        with its options, reduction, and sequences with masks (spec §8.6), and the layers of chapter
+        9 (``reference.layers.STRUCTURED``)."""
+        return DEFAULT_CAPABILITIES | STRUCTURED
+
     @staticmethod
     def trace_counts() -> dict[str, int]:
         """Compilations so far, per jitted function (for performance reports)."""
@@ -82,7 +90,7 @@ class JaxBackend:
     def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
         dtype, device = check(config)
         with jax.default_device(device):  # numpy arguments: jit transfers them (cheaper)
-            if self._bucketed():
+            if self._bucketed() and bucketable(problem):
                 p = pad(problem, dtype)
                 fn = on_device(PADDED_BATCH, device)
                 value, grads = jax.device_get(fn(p.params, p.net, p.ex, p.coef, p.reduction,
@@ -112,7 +120,7 @@ class JaxBackend:
                 f"axis_name, lanes that sum to ∇Σℓ_i but are not ∇ℓ_i)")
         n = problem.batch.size
         with jax.default_device(device):
-            if self._bucketed():
+            if self._bucketed() and bucketable(problem):
                 p = pad(problem, dtype)
                 if method == "vmap":
                     out = on_device(PADDED_VMAP, device)(p.params, p.net, p.ex, full=p.full)

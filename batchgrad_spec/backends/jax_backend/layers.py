@@ -25,15 +25,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.activations import ACTIVATION_NAMES, Activation
+from reference.attention import SelfAttention
+from reference.conv import Conv1d
+from reference.embedding import Embedding
 from reference.layers import Dense, Dropout, Layer
 from reference.norms import BatchNorm, LayerNorm
 from reference.problem import Problem
+from reference.residual import Residual
 from reference.types import Grads
 
 from .ops import ACTIVATIONS, IDENTITY, dense, dropout, normalize
 from .padded import NORM_STATS, SLOT_KINDS, Params
+from .structured import attention_plain, conv1d_plain, embedding_plain, residual_plain
 
-__all__ = ["LAYERS", "Buffers", "LayerRule", "Site", "rule"]
+__all__ = ["LAYERS", "Buffers", "LayerRule", "Site", "bucketable", "rule"]
 
 
 class Site(NamedTuple):
@@ -83,6 +88,8 @@ class LayerRule:
     pad: Callable[[Any, Site, Buffers], None] = _nothing
     unpad: Callable[[Any, Site, Params, tuple], Grads] = _no_grads
     couples: Callable[[Any], bool] = lambda layer: False
+    bucketed: bool = True
+    """False: no slot in the padded normal form; a problem using it runs the plain programs."""
 
 
 # -- Dense ---------------------------------------------------------------------------------------
@@ -185,8 +192,18 @@ LAYERS: dict[type, LayerRule] = {
                          _norm_unpad),
     BatchNorm: LayerRule(_batch_norm_plain, lambda layer: _NORM_SLOT, _batch_norm_pad,
                          _norm_unpad, couples=lambda layer: layer.training),
+    # spec chapter 9 (``structured``): plain programs only
+    Embedding: LayerRule(embedding_plain, None, bucketed=False),
+    Conv1d: LayerRule(conv1d_plain, None, bucketed=False),
+    SelfAttention: LayerRule(attention_plain, None, bucketed=False),
+    Residual: LayerRule(residual_plain, None, bucketed=False),
 }
 """Each layer class of ``reference.problem`` and what this backend does with it."""
+
+
+def bucketable(problem: Problem) -> bool:
+    """Whether the problem fits the padded normal form: no tie and no layer without a slot."""
+    return not problem.network.tied and all(rule(la).bucketed for la in problem.network.layers)
 
 
 def rule(layer: Layer) -> LayerRule:

@@ -31,6 +31,7 @@ __all__ = ["PLAIN_CACHE_LIMIT", "bound_plain_caches", "plain_batch", "plain_inpu
 
 def _plain_forward(params: Mapping[str, jax.Array], network: Network, x: jax.Array,
                    drop: Mapping[int, jax.Array]) -> jax.Array:
+    params = network.with_ties(params)  # a tied name reads the same array: grads sum (§9.5)
     for k, layer in enumerate(network.layers):
         x = rule(layer).plain(layer, k, params, x, drop)
     return x
@@ -145,17 +146,23 @@ def plain_static(problem: Problem) -> dict[str, Any]:
 
 def plain_inputs(problem: Problem, dtype: np.dtype) -> tuple:
     """(θ, per-example data, c) as numpy arrays in the dtype: data holds x, y and, where the
-    problem has them, the token mask, the variances and the dropout keep-masks (bool) by layer
-    index."""
+    problem has them, the token mask, the variances and the dropout keep-masks and attention
+    key-padding masks (bool) by layer index; indices as int32."""
     b = problem.batch
     params = {k: v.astype(dtype) for k, v in problem.params.items()}
     y = b.targets.astype(np.int32) if b.targets.dtype.kind in "iu" else b.targets.astype(dtype)
-    data: dict[str, Any] = {"x": b.inputs.astype(dtype), "y": y}
+    x = b.inputs.astype(np.int32) if b.indices else b.inputs.astype(dtype)
+    data: dict[str, Any] = {"x": x, "y": y}
     if b.sequence:
         data["mask"] = b.token_mask
     if b.variances is not None:
         data["var"] = b.variances.astype(dtype)
-    if b.dropout:
-        data["drop"] = {k: m != 0 for k, m in b.dropout.items()}
+    drop = {k: m != 0 for k, m in (b.dropout or {}).items()}
+    for k, layer in enumerate(problem.network.layers):  # an attention's key-padding mask
+        mask = None if layer.data_rows else layer.site_data(k, b)
+        if mask is not None:
+            drop[k] = mask
+    if drop:
+        data["drop"] = drop
     w = np.ones(b.size, dtype) if b.weights is None else b.weights.astype(dtype)
     return params, data, w

@@ -27,7 +27,7 @@ def tensors(problem: Problem, config: Config) -> tuple[torch.Tensor, torch.Tenso
     sequence labelled -100, PyTorch's ``ignore_index``) and the c_i of the weighted reductions."""
     dt, dev = getattr(torch, config.dtype), config.device
     b = problem.batch
-    x = torch.as_tensor(b.inputs, dtype=dt, device=dev)
+    x = torch.as_tensor(b.inputs, dtype=torch.long if b.indices else dt, device=dev)
     if b.targets.dtype.kind in "iu":
         labels = b.targets
         if b.sequence:
@@ -42,15 +42,21 @@ def tensors(problem: Problem, config: Config) -> tuple[torch.Tensor, torch.Tenso
 def extra_tensors(problem: Problem, config: Config) -> dict[str, Any]:
     """The rest of the batch as tensors, each with the examples on axis 0 (so ``vmap`` can split
     it): "mask" (N, T) 0/1 of a sequence, "var" the gaussian_nll variances, "drop" the keep-masks
-    {layer index: mask}. Only the entries the problem has."""
+    {layer index: mask} and the key-padding masks of attention layers (bool). Only the entries
+    the problem has."""
     dt, dev = getattr(torch, config.dtype), config.device
     b, out = problem.batch, {}
     if b.sequence:
         out["mask"] = torch.as_tensor(b.token_mask, dtype=dt, device=dev)
     if b.variances is not None:
         out["var"] = torch.as_tensor(b.variances, dtype=dt, device=dev)
-    if b.dropout:
-        out["drop"] = {k: torch.as_tensor(m, dtype=dt, device=dev) for k, m in b.dropout.items()}
+    drop = {k: torch.as_tensor(m, dtype=dt, device=dev) for k, m in (b.dropout or {}).items()}
+    for k, layer in enumerate(problem.network.layers):  # an attention's key-padding mask (§9.3)
+        data = None if layer.data_rows else layer.site_data(k, b)
+        if data is not None:
+            drop[k] = torch.as_tensor(data, dtype=torch.bool, device=dev)
+    if drop:
+        out["drop"] = drop
     return out
 
 

@@ -17,6 +17,15 @@ and 4), as PyTorch users write them.
   spec/appendix-b-pitfalls.md#p11), and random masks drawn inside vmap could not be compared with
   anything.
 
+* ``Embedding`` → ``nn.Embedding(num, dim, padding_idx=)`` on ``torch.long`` indices (§9.1);
+  ``Conv1d`` → ``FlatConv1d``, an ``nn.Conv1d`` that reads its flat input as (N, C, L) and
+  flattens its output, as ``nn.Unflatten``/``nn.Flatten`` around it would (§9.2);
+  ``SelfAttention`` → ``SelfAttention``, ``nn.MultiheadAttention``'s parameters (``in_proj_weight``,
+  ``in_proj_bias``, ``out_proj``) around ``F.scaled_dot_product_attention`` with the token mask as
+  boolean key-padding mask (§9.3); ``Residual`` → ``Residual``, x + block(x) (§9.4); a tie
+  (§9.5) assigns the first use's ``nn.Parameter`` to the later module (real sharing:
+  ``named_parameters`` lists it once, under the first use's name).
+
 The model is an ``nn.Sequential`` (``Net``) whose forward takes the masks, so parameter names are
 ``nn.Sequential``'s, which are the problem's.
 """
@@ -33,10 +42,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference.activations import Activation
+from reference.attention import SelfAttention
 from reference.contract import Config
+from reference.conv import Conv1d
+from reference.embedding import Embedding
 from reference.layers import Dense, Dropout
 from reference.norms import NORM_EPS, BatchNorm, LayerNorm
 from reference.problem import Problem
+from reference.residual import Residual
+
+from .structured import FlatConv1d, ResidualBlock, TokenAttention, takes_data
 
 __all__ = ["SOFTPLUS_THRESHOLD", "MaskDropout", "Net", "activation", "batch_of_one",
            "build_model", "train_mode_batchnorm"]
@@ -88,10 +103,11 @@ class Net(nn.Sequential):
     def forward(self, x: torch.Tensor,  # type: ignore[override]
                 masks: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
         for k, module in enumerate(self):
-            if isinstance(module, MaskDropout):
+            if isinstance(module, MaskDropout) or takes_data(module):
                 if masks is None or k not in masks:
-                    raise ValueError(f"torch backend: Dropout at layer {k} needs its keep-mask "
-                                     f"(batch.dropout[{k}]); call model(x, masks)")
+                    raise ValueError(f"torch backend: layer {k} needs its mask "
+                                     f"(batch.dropout[{k}] or the token mask); call "
+                                     f"model(x, masks)")
                 x = module(x, masks[k])
             else:
                 x = module(x)
@@ -130,12 +146,34 @@ def _dropout(layer: Dropout, config: Config) -> nn.Module:
     return MaskDropout(layer.p)
 
 
+def _embedding(layer: Embedding, config: Config) -> nn.Module:
+    return nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx)
+
+
+def _conv1d(layer: Conv1d, config: Config) -> nn.Module:
+    return FlatConv1d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.length,
+                      stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                      groups=layer.groups, bias=layer.bias)
+
+
+def _attention(layer: SelfAttention, config: Config) -> nn.Module:
+    return TokenAttention(layer.dim, layer.heads)
+
+
+def _residual(layer: Residual, config: Config) -> nn.Module:
+    return ResidualBlock([_BUILDERS[type(inner)](inner, config) for inner in layer.block])
+
+
 _BUILDERS: dict[type, Callable[[Any, Config], nn.Module]] = {
     Dense: _dense,
     Activation: _activation,
     LayerNorm: _layer_norm,
     BatchNorm: _batch_norm,
     Dropout: _dropout,
+    Embedding: _embedding,
+    Conv1d: _conv1d,
+    SelfAttention: _attention,
+    Residual: _residual,
 }
 """Layer class of ``reference.problem`` → the builder of its ``torch.nn`` module."""
 
@@ -143,8 +181,15 @@ _BUILDERS: dict[type, Callable[[Any, Config], nn.Module]] = {
 def build_model(problem: Problem, config: Config) -> Net:
     """``nn.Sequential`` (``Net``) of the problem's layers with its parameters, and the running
     statistics of eval-mode BatchNorm layers in their buffers; names match the problem's."""
-    layers = [_BUILDERS[type(layer)](layer, config) for layer in problem.network.layers]
+    try:
+        layers = [_BUILDERS[type(layer)](layer, config) for layer in problem.network.layers]
+    except KeyError as exc:
+        raise TypeError(f"torch backend: no module for layer type {exc.args[0].__name__}") \
+            from None
     model = Net(*layers).to(device=config.device, dtype=getattr(torch, config.dtype))
+    for alias, target in problem.network.tied:  # one nn.Parameter, used by both (§9.5)
+        path, _, name = alias.rpartition(".")
+        setattr(model.get_submodule(path), name, model.get_parameter(target))
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.as_tensor(problem.params[name]))
