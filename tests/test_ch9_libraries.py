@@ -16,6 +16,7 @@ from hypothesis import given
 from batchgrad_spec.harness import check
 from batchgrad_spec.properties.core import per_example_against_reference
 from batchgrad_spec.strategies import layer_problems, loss_problems, problems
+from batchgrad_spec.strategies.library_layers import LIBRARY_LAYER_KINDS, library_layer_problems
 from reference.contract import Config
 from reference.grads import per_example_grads
 
@@ -28,6 +29,7 @@ KINDS = {
     "layer_norm": layer_problems(layers=("layer_norm",), require=("layer_norm",)),
     "batch_norm_eval": layer_problems(layers=("batch_norm_eval",), require=("batch_norm_eval",)),
     "dropout": layer_problems(layers=("dropout",), require=("dropout",)),
+    **{kind: library_layer_problems(kind=kind) for kind in LIBRARY_LAYER_KINDS},
 }
 """The layer kinds of the library × layer table (§9.12): problems that contain the kind."""
 
@@ -49,6 +51,13 @@ test_every_per_example_method_gives_g_i_through_sequence = _kind_test("sequence"
 test_every_per_example_method_gives_g_i_through_layer_norm = _kind_test("layer_norm")
 test_every_per_example_method_gives_g_i_through_batch_norm_eval = _kind_test("batch_norm_eval")
 test_every_per_example_method_gives_g_i_through_dropout = _kind_test("dropout")
+test_every_per_example_method_gives_g_i_through_embedding = _kind_test("embedding")
+test_every_per_example_method_gives_g_i_through_embedding_padding = _kind_test(
+    "embedding_padding")
+test_every_per_example_method_gives_g_i_through_conv1d = _kind_test("conv1d")
+test_every_per_example_method_gives_g_i_through_attention = _kind_test("attention")
+test_every_per_example_method_gives_g_i_through_residual = _kind_test("residual")
+test_every_per_example_method_gives_g_i_through_tied = _kind_test("tied")
 
 
 # -- the conventions: the library's raw field under the problem's own reduced loss --------------

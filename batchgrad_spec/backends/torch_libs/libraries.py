@@ -80,9 +80,10 @@ def _loss(problem: Problem, out: torch.Tensor, y: torch.Tensor, c: torch.Tensor 
     return losses, reduced_loss(problem, out, y, c, extra)
 
 
-def _collect(model: torch.nn.Module, field: str, library: str, said: str) -> Grads:
+def _collect(named: dict[str, torch.nn.Parameter], field: str, library: str,
+             said: str) -> Grads:
     grads, missing = {}, []
-    for name, p in model.named_parameters():
+    for name, p in named.items():
         g = getattr(p, field, None)
         if g is None:
             missing.append(name)
@@ -102,21 +103,51 @@ def _opacus(model: torch.nn.Module, setting: str, run: Callable[[Any], None]) ->
         raise LibraryUnsupported(f"opacus.GradSampleModule refused the model: {exc}") from exc
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_INPUT_HOOK)
-        run(wrapped)
+        try:
+            run(wrapped)
+        except TypeError as exc:
+            # Opacus's functorch fallback (layers it has no grad sampler for) calls the layer
+            # with its first input only: a layer that also takes data (attention's key mask)
+            # crashes there
+            if "required positional argument" not in str(exc):
+                raise
+            raise LibraryUnsupported(f"opacus crashed with TypeError: {exc} (its functorch "
+                                     f"fallback passes a layer one input)") from exc
     return ""
+
+
+def _plain_convs(model: torch.nn.Module) -> None:
+    """BackPACK looks extensions up by a module's exact class: the torch backend's ``FlatConv1d``
+    (an ``nn.Conv1d`` subclass reading flat rows) becomes what a BackPACK user writes,
+    ``nn.Sequential(nn.Unflatten, nn.Conv1d, nn.Flatten)`` around the same Parameters."""
+    from batchgrad_spec.backends.torch_backend.structured import FlatConv1d
+    for k, m in enumerate(model):  # type: ignore[arg-type]
+        if isinstance(m, FlatConv1d):
+            conv = torch.nn.Conv1d(m.in_channels, m.out_channels, m.kernel_size,  # type: ignore
+                                   stride=m.stride, padding=m.padding,  # type: ignore[arg-type]
+                                   dilation=m.dilation, groups=m.groups,
+                                   bias=m.bias is not None)
+            conv.weight = m.weight
+            conv.bias = m.bias
+            model[k] = torch.nn.Sequential(  # type: ignore[index]
+                torch.nn.Unflatten(-1, (m.in_channels, m.length)), conv, torch.nn.Flatten(-2))
 
 
 def _backpack(model: torch.nn.Module, setting: str, run: Callable[[Any], None]) -> str:
     from backpack import backpack, extend
     from backpack.extensions import BatchGrad
+    _plain_convs(model)
     extend(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with backpack(BatchGrad()):
-            run(model)
+        try:
+            with backpack(BatchGrad()):
+                run(model)
+        except NotImplementedError as exc:  # e.g. "Only padding_idx=None supported."
+            raise LibraryUnsupported(f"backpack raised NotImplementedError: {exc}") from exc
     said = "; ".join(dict.fromkeys(str(w.message) for w in caught
                                    if not str(w.message).startswith(_INPUT_HOOK)))
-    for w in caught:  # BackPACK warns and goes on through train-mode BatchNorm (§9.10)
+    for w in caught:  # BackPACK warns and goes on through train-mode BatchNorm (§9.12)
         if "BatchNorm module in training mode" in str(w.message):
             raise LibraryUnsupported(f"backpack warned: {w.message}")
     return said
@@ -162,6 +193,7 @@ def raw_per_example(problem: Problem, config: Config, method: str,
             total.backward()
             kept.append(losses.detach())
 
+        named = dict(model.named_parameters())  # the problem's names, tied ones once
         said = _CALLS[conv.library](model, conv.setting, run)
-        grads = _collect(model, conv.field, conv.library, said)
+        grads = _collect(named, conv.field, conv.library, said)
     return to_numpy(kept[0]), grads
