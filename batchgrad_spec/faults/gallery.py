@@ -98,7 +98,7 @@ since chapter 5: the last one (a penalty per micro-batch) is
 ``batchgrad_spec.faults.accumulation:penalty_per_micro_batch`` now."""
 
 
-PROPERTIES = ("definitions", "core", "losses", "layers")
+PROPERTIES = ("definitions", "core", "losses", "layers", "structured")
 """The modules of ``batchgrad_spec.properties`` the gallery's properties come from."""
 
 

@@ -16,6 +16,8 @@ Rooms, each importable on its own (imports run one way, down this list):
 - ``loss``: ``losses`` with their options, ``reductions``;
 - ``batch``: ``batches``, ``loss_batches``, ``sequence_batches``;
 - ``problem``: ``problems`` (chapters 1–2), ``layer_problems`` (4), ``loss_problems`` (3);
+- ``structured``: ``structured_problems`` (chapter 9: embedding, conv1d, attention, residual,
+  tied parameters);
 - ``plan``: micro-batch ``splits`` and ``split_cases``, data-parallel ``equal_shards`` and
   ``any_shards`` (chapter 5);
 - ``reach``: ``reaches`` and ``minimal``, to check what a strategy reaches and shrinks to.
@@ -25,7 +27,17 @@ Their own behaviour is tested in ``tests/meta/test_strategies_*.py``.
 
 from __future__ import annotations
 
-from batchgrad_spec.strategies import batch, layer, loss, network, plan, problem, reach, value
+from batchgrad_spec.strategies import (
+    batch,
+    layer,
+    loss,
+    network,
+    plan,
+    problem,
+    reach,
+    structured,
+    value,
+)
 from batchgrad_spec.strategies.batch import *  # noqa: F403
 from batchgrad_spec.strategies.layer import *  # noqa: F403
 from batchgrad_spec.strategies.loss import *  # noqa: F403
@@ -33,6 +45,7 @@ from batchgrad_spec.strategies.network import *  # noqa: F403
 from batchgrad_spec.strategies.plan import *  # noqa: F403
 from batchgrad_spec.strategies.problem import *  # noqa: F403
 from batchgrad_spec.strategies.reach import *  # noqa: F403
+from batchgrad_spec.strategies.structured import *  # noqa: F403
 from batchgrad_spec.strategies.value import *  # noqa: F403
 
 __all__ = [  # the public API: every room's own __all__, in the order of the list above
@@ -42,6 +55,7 @@ __all__ = [  # the public API: every room's own __all__, in the order of the lis
     *loss.__all__,
     *batch.__all__,
     *problem.__all__,
+    *structured.__all__,
     *plan.__all__,
     *reach.__all__,
 ]

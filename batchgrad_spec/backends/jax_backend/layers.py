@@ -36,7 +36,7 @@ from reference.types import Grads
 
 from .ops import ACTIVATIONS, IDENTITY, dense, dropout, normalize
 from .padded import NORM_STATS, SLOT_KINDS, Params
-from .structured import attention_plain, conv1d_plain, embedding_plain, residual_plain
+from .structured import attention_plain, conv1d_plain, embedding_plain
 
 __all__ = ["LAYERS", "Buffers", "LayerRule", "Site", "bucketable", "rule"]
 
@@ -182,6 +182,17 @@ def _norm_unpad(layer: LayerNorm | BatchNorm, at: Site, grads: Params, lead: tup
     return {f"{at.k}.weight": grads.gammas[real], f"{at.k}.bias": grads.betas[real]}
 
 
+# -- Residual (spec §9.4) ------------------------------------------------------------------------
+def _residual_plain(layer: Residual, k: Any, params: Mapping[str, jax.Array], x: jax.Array,
+                    drop: Mapping[Any, jax.Array]) -> jax.Array:
+    """x + block(x), each layer of the block by its own table entry (named ``k.block.j``)."""
+    h = x
+    for j, inner in enumerate(layer.block):
+        name = f"{k}.block.{j}"
+        h = rule(inner).plain(inner, name, params, h, {name: drop[k]} if k in drop else {})
+    return x + h
+
+
 _NORM_SLOT = SLOT_KINDS.index("norm")
 
 LAYERS: dict[type, LayerRule] = {
@@ -196,7 +207,7 @@ LAYERS: dict[type, LayerRule] = {
     Embedding: LayerRule(embedding_plain, None, bucketed=False),
     Conv1d: LayerRule(conv1d_plain, None, bucketed=False),
     SelfAttention: LayerRule(attention_plain, None, bucketed=False),
-    Residual: LayerRule(residual_plain, None, bucketed=False),
+    Residual: LayerRule(_residual_plain, None, bucketed=False),
 }
 """Each layer class of ``reference.problem`` and what this backend does with it."""
 

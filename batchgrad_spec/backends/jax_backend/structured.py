@@ -13,7 +13,8 @@ no slot in the padded normal form: a problem that uses one runs the plain progra
   gets uniform weights over the (masked) keys in JAX 0.10 (the XLA implementation fills masked
   scores with a large negative finite number), where §9.3.2 states zero context: finite either
   way, and such a query is a masked token, so no loss or gradient sees it.
-* ``Residual``: x + block(x), the block's layers by their own rules.
+* ``Residual``: x + block(x), the block's layers by their own rules (``layers``, which holds
+  the table they are looked up in).
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ import jax.numpy as jnp
 from reference.attention import SelfAttention
 from reference.conv import Conv1d
 from reference.embedding import Embedding
-from reference.residual import Residual
 
 from .ops import HIGHEST, dense
 
-__all__ = ["attention_plain", "conv1d_plain", "embedding_plain", "residual_plain"]
+__all__ = ["attention_plain", "conv1d_plain", "embedding_plain"]
 
 Params = Mapping[str, jax.Array]
 
@@ -71,14 +71,3 @@ def attention_plain(layer: SelfAttention, k: Any, params: Params, x: jax.Array,
     out = dense(c.reshape(n, t, layer.dim), params[f"{k}.out_proj.weight"],
                 params[f"{k}.out_proj.bias"])
     return out[0] if single else out
-
-
-def residual_plain(layer: Residual, k: Any, params: Params, x: jax.Array,
-                   drop: Mapping[Any, jax.Array]) -> jax.Array:
-    from .layers import rule  # the table holds this rule: imported when called
-
-    h = x
-    for j, inner in enumerate(layer.block):
-        name = f"{k}.block.{j}"
-        h = rule(inner).plain(inner, name, params, h, {name: drop[k]} if k in drop else {})
-    return x + h
