@@ -2,8 +2,9 @@
 ExpandedWeights) and their conventions.
 
 Run against the libraries with ``--backend batchgrad_spec.backends.torch_libs:backend`` (tox envs
-``opacus``, ``backpack``, ``expanded_weights``). The layer-kind test runs on every backend and
-per-example method (the libraries' included); the convention tests need the library and are
+``opacus``, ``backpack``, ``expanded_weights``). The layer-kind tests run on that backend only,
+for every per-example method (vmap and loop are the control columns of the table; on another
+backend they are skipped with the reason); the convention tests need the library and are
 skipped, with the reason, where it does not import.
 """
 
@@ -23,15 +24,36 @@ from reference.grads import per_example_grads
 LIBS = "batchgrad_spec.backends.torch_libs"
 CORE_LOSSES = ("squared_error", "softmax_cross_entropy")
 
+SMOOTH = ("identity", "tanh")
+"""Activations of the layer kinds' networks: without kinks, so that a cell is about the layer
+(the kinks' conventions are §4.6's)."""
+
 KINDS = {
     "mlp": problems(),
     "sequence": loss_problems(losses=CORE_LOSSES, sequences=True),
-    "layer_norm": layer_problems(layers=("layer_norm",), require=("layer_norm",)),
-    "batch_norm_eval": layer_problems(layers=("batch_norm_eval",), require=("batch_norm_eval",)),
-    "dropout": layer_problems(layers=("dropout",), require=("dropout",)),
+    "layer_norm": layer_problems(layers=("layer_norm",), require=("layer_norm",),
+                                 activations=SMOOTH),
+    "batch_norm_eval": layer_problems(layers=("batch_norm_eval",), require=("batch_norm_eval",),
+                                      activations=SMOOTH),
+    "dropout": layer_problems(layers=("dropout",), require=("dropout",), activations=SMOOTH),
     **{kind: library_layer_problems(kind=kind) for kind in LIBRARY_LAYER_KINDS},
 }
 """The layer kinds of the library × layer table (§9.12): problems that contain the kind."""
+
+
+LIBRARY_BACKEND = "torch_libs"
+ONLY_LIBRARIES = (f"the library × layer tests (§9.8, §9.12) run on the {LIBRARY_BACKEND} backend; "
+                  f"vmap and loop through these layers are §2.12's, §4's and §9.1–§9.6's tests")
+
+
+@pytest.fixture(autouse=True)
+def _libraries_only(request: pytest.FixtureRequest) -> None:
+    """The layer-kind tests run on ``torch_libs`` (its vmap and loop are the table's control
+    columns); on any other backend they would repeat chapter 4's and §9.1–§9.6's tests."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    target = params.get("target")
+    if target is not None and target.backend.name != LIBRARY_BACKEND:
+        pytest.skip(ONLY_LIBRARIES)
 
 
 def _kind_test(kind: str):  # type: ignore[no-untyped-def]
