@@ -189,18 +189,27 @@ def problem_tolerance(problem: Problem, dtype: str, mode: str = "strict", *,
 
 
 # -- a library's per-example field s·κ_i·g_i (spec §9.8) -----------------------------------------
-def scaled_grads_bound(tol: Grads, grads: Grads, factors: np.ndarray, problem: Problem,
-                       dtype: str, mode: str = "strict") -> Grads:
-    """Tolerance of s·κ_i·g_i computed by backpropagating L = Σ κ_i ℓ_i (and multiplying by s):
-    the backward pass is linear in its seed, so its error is |s κ_i| times the per-example
-    bound ``tol`` of g_i (seed 1), plus the seed's own error, |s κ_i g_i| times the computed
-    κ_i's relative error (``coefficient_error``, §7.1) and one rounding each for the seed's
-    product with ℓ_i's cotangent and for the multiplication by s."""
+def scaled_grads_bound(problem: Problem, factors: np.ndarray, grads: Grads, dtype: str,
+                       mode: str = "strict") -> Grads:
+    """Tolerance of f_i·g_i = s·κ_i·g_i computed by backpropagating L = Σ κ_i ℓ_i (and multiplying
+    by s), for ``problem`` rounded to ``dtype``: example i's f_i g_i is the batch gradient of the
+    one-example problem {x_i} under the reduction "weighted" with c = f_i, so its bound is that
+    problem's ``batch_grads`` tolerance (the backward pass seeded with f_i, underflow included,
+    §7.1), plus |f_i g_i| times the computed κ_i's relative error (``coefficient_error``) and two
+    roundings (the seed's product with ℓ_i's cotangent, the multiplication by s)."""
+    from dataclasses import replace
+
+    from .losses import Reduction
+
     u = precision(dtype, mode).u
     eps = coefficient_error(problem.reduction, problem.counts, problem.batch.weights, u) + 2 * u
-    f = np.abs(np.asarray(factors, dtype=np.float64))
-    out = {}
-    for k, t in tol.items():
-        shape = (-1,) + (1,) * (t.ndim - 1)
-        out[k] = f.reshape(shape) * (t + eps.reshape(shape) * np.abs(grads[k]))
+    f = np.asarray(factors, dtype=np.float64)
+    out = {k: np.zeros_like(v, dtype=np.float64) for k, v in grads.items()}
+    for i in range(problem.batch.size):
+        one = replace(problem.with_batch(replace(problem.batch.take([i]),
+                                                 weights=np.array([f[i]]))),
+                      reduction=Reduction("weighted")).rounded(dtype)
+        b = problem_tolerance(one, dtype, mode)
+        for k in out:
+            out[k][i] = b.batch_grads[k] + eps[i] * np.abs(f[i] * grads[k][i])
     return out

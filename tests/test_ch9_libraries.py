@@ -92,15 +92,15 @@ def _libs(library: str):  # type: ignore[no-untyped-def]
 
 
 def _convention(libs, method: str, dtype: str, problem) -> None:  # type: ignore[no-untyped-def]
-    """raw_i = s · κ_i · g_i (§9.8) for the problem's own reduced loss, within s·|κ_i| times the
-    per-example bound plus the rounding of the normaliser (``scaled_grads_bound``)."""
+    """raw_i = s · κ_i · g_i (§9.8) for the problem's own reduced loss, within the bound of the
+    one-example problem seeded with s·κ_i plus the computed κ_i's error (``scaled_grads_bound``)."""
     from reference.bounds import scaled_grads_bound
     target = make_target(method, dtype)
     with check(target, problem) as c:
         _, raw = libs.raw_per_example(c.problem, target.config, method, "problem")
         _, g = per_example_grads(c.problem)
         factors = libs.scale(c.problem, method)
-        tol = scaled_grads_bound(c.tol().grads, g, factors, c.problem, dtype)
+        tol = scaled_grads_bound(c.problem, factors, g, dtype)
         c.close(raw, libs.expected_raw(c.problem, method), tol,
                 what=f"{method} raw per-example field under the problem's reduced loss",
                 call=f"__import__({LIBS!r}, fromlist=['*']).raw_per_example(problem, config, "
