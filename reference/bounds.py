@@ -25,7 +25,7 @@ from .numerics import REFERENCE, Precision, R, Rounding, gamma, precision
 from .problem import Problem
 from .types import Grads, Site
 
-__all__ = ["Bound", "Override", "error_bound", "problem_tolerance"]
+__all__ = ["Bound", "Override", "error_bound", "problem_tolerance", "scaled_grads_bound"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,3 +186,30 @@ def problem_tolerance(problem: Problem, dtype: str, mode: str = "strict", *,
         lt,
         {k: np.full_like(v, gt) for k, v in total.batch_grads.items()},
     )
+
+
+# -- a library's per-example field s·κ_i·g_i (spec §9.8) -----------------------------------------
+def scaled_grads_bound(problem: Problem, factors: np.ndarray, grads: Grads, dtype: str,
+                       mode: str = "strict") -> Grads:
+    """Tolerance of f_i·g_i = s·κ_i·g_i computed by backpropagating L = Σ κ_i ℓ_i (and multiplying
+    by s), for ``problem`` rounded to ``dtype``: example i's f_i g_i is the batch gradient of the
+    one-example problem {x_i} under the reduction "weighted" with c = f_i, so its bound is that
+    problem's ``batch_grads`` tolerance (the backward pass seeded with f_i, underflow included,
+    §7.1), plus |f_i g_i| times the computed κ_i's relative error (``coefficient_error``) and two
+    roundings (the seed's product with ℓ_i's cotangent, the multiplication by s)."""
+    from dataclasses import replace
+
+    from .losses import Reduction
+
+    u = precision(dtype, mode).u
+    eps = coefficient_error(problem.reduction, problem.counts, problem.batch.weights, u) + 2 * u
+    f = np.asarray(factors, dtype=np.float64)
+    out = {k: np.zeros_like(v, dtype=np.float64) for k, v in grads.items()}
+    for i in range(problem.batch.size):
+        one = replace(problem.with_batch(replace(problem.batch.take([i]),
+                                                 weights=np.array([f[i]]))),
+                      reduction=Reduction("weighted")).rounded(dtype)
+        b = problem_tolerance(one, dtype, mode)
+        for k in out:
+            out[k][i] = b.batch_grads[k] + eps[i] * np.abs(f[i] * grads[k][i])
+    return out
