@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
-from hypothesis.extra import numpy as hnp
 
 from batchgrad_spec.strategies._validation import (
     check_feature,
@@ -23,7 +21,13 @@ from batchgrad_spec.strategies.layer import (
     draw_layer,
     norm_parameters,
 )
-from batchgrad_spec.strategies.value import MAX_DEPTH, MAX_WIDTH, floats
+from batchgrad_spec.strategies.value import (
+    MAX_DEPTH,
+    MAX_WIDTH,
+    check_magnitude,
+    float_arrays,
+    floats,
+)
 from reference.activations import ACTIVATION_NAMES, CORE_ACTIVATIONS, Activation
 from reference.layers import NORMS, Dense, Layer, Network
 
@@ -60,20 +64,24 @@ def networks(
     if bias is not None and not isinstance(bias, bool):
         raise InvalidArgument(f"bias={bias!r} must be True, False or None (drawn per layer)")
 
+    # the strategies are built once, not per draw (a new strategy is validated at its first draw)
+    depths, width = st.integers(min_depth, max_depth), st.integers(min_width, max_width)
+    biases, names = st.booleans().map(lambda x: not x), st.sampled_from(acts)
+
     @st.composite
     def build(draw: st.DrawFn) -> Network:
-        depth = draw(st.integers(min_depth, max_depth))
-        widths = [draw(st.integers(min_width, max_width)) for _ in range(depth + 1)]
+        depth = draw(depths)
+        widths = [draw(width) for _ in range(depth + 1)]
         if in_features is not None:
             widths[0] = in_features
         if out_features is not None:
             widths[-1] = out_features
         layers: list[Layer] = []
         for i in range(depth):
-            b = draw(st.booleans().map(lambda x: not x)) if bias is None else bias
+            b = draw(biases) if bias is None else bias
             layers.append(Dense(widths[i], widths[i + 1], b))
             if i < depth - 1:
-                layers.append(Activation(draw(st.sampled_from(acts))))
+                layers.append(Activation(draw(names)))
         return Network(tuple(layers))
 
     return build()
@@ -145,20 +153,21 @@ def parameters(network: Network, *, max_magnitude: float = 2.0) -> st.SearchStra
     of the norms (``norm_parameters``) are drawn after the Dense parameters.
     """
     check_instance("network", network, Network)
-    elements = floats(max_magnitude=max_magnitude)
+    return _parameters(network, check_magnitude(max_magnitude))
 
-    @st.composite
-    def build(draw: st.DrawFn) -> dict:
-        params = {}
-        for k, d in network.dense_layers():
-            params[f"{k}.weight"] = draw(hnp.arrays(np.float64, (d.out_features, d.in_features),
-                                                    elements=elements))
-            b = draw(hnp.arrays(np.float64, (d.out_features,), elements=elements))
-            if d.bias:
-                params[f"{k}.bias"] = b
-        if network.layers_of(NORMS):  # chapter 4: γ, β after the Dense parameters
-            params.update(draw(norm_parameters(network, max_magnitude=max_magnitude)))
-            params = {k: params[k] for k in network.param_shapes()}
-        return params
 
-    return build()
+@st.composite
+def _parameters(draw: st.DrawFn, network: Network, m: float) -> dict:
+    """``parameters``' draw (decorated once here: ``st.composite`` applied inside a draw re-reads
+    the source of the function it wraps on every example)."""
+    params = {}
+    for k, d in network.dense_layers():
+        params[f"{k}.weight"] = draw(float_arrays((d.out_features, d.in_features),
+                                                  max_magnitude=m))
+        b = draw(float_arrays((d.out_features,), max_magnitude=m))
+        if d.bias:
+            params[f"{k}.bias"] = b
+    if network.layers_of(NORMS):  # chapter 4: γ, β after the Dense parameters
+        params.update(draw(norm_parameters(network, max_magnitude=m)))
+        params = {k: params[k] for k in network.param_shapes()}
+    return params

@@ -74,12 +74,13 @@ def problems(
     check_range("batch", min_batch, max_batch, 1, MAX_BATCH)
     floats(max_magnitude=max_magnitude)  # validate now, not at the first draw
     nets = _check_nets(nets)
+    loss_choice, reduction_choice = st.sampled_from(loss_names), st.sampled_from(red)
 
     @st.composite
     def build(draw: st.DrawFn) -> Problem:
-        loss = Loss(draw(st.sampled_from(loss_names)))
+        loss = Loss(draw(loss_choice))
         net = _with_classes(draw(nets), loss.name)  # layers may follow the last Dense (ch. 4)
-        reduction = Reduction(draw(st.sampled_from(red)))
+        reduction = Reduction(draw(reduction_choice))
         params = draw(parameters(net, max_magnitude=max_magnitude))
         batch = draw(batches(net, loss, reduction, min_size=min_batch, max_size=max_batch,
                              max_magnitude=max_magnitude))
