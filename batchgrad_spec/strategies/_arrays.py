@@ -11,8 +11,9 @@ Float layout (5 bytes per element)::
 
     [mode][fill: 5 bytes][element 0: 5 bytes] ... [element n-1: 5 bytes]
 
-``mode`` < 192: every element is decoded from its own 5 bytes; ≥ 192 (a quarter of the arrays):
-every element is the fill value (``hnp.arrays`` makes ~30 % of arrays constant through its fill).
+``mode`` < 48 (a fifth of the arrays): every element is the fill value (``hnp.arrays`` makes
+~30 % of arrays constant through its fill), and the array is one chunk whatever its size; ≥ 64:
+every element is decoded from its own 5 bytes, from as many chunks as it takes.
 An element's 5 bytes are ``k`` (kind), ``a`` (aux), ``p`` (24-bit payload), decoded by kind:
 
     k in [0, 56)    0.0                                                     (21.9 %)
@@ -31,6 +32,10 @@ m, ... Labels: one byte per element, taken modulo the number of classes.
 Why fixed-size chunks: when a replayed choice no longer fits (a shape changed while shrinking,
 the mutator copied a span elsewhere), Hypothesis replaces it by its simplest value (all zeros);
 with one choice of 5n bytes per array that zeroed 35 % of the arrays, with equal-size chunks 6 %.
+Why a constant array is one chunk: the simplest bytes (all zeros) are the all-zero array in one
+chunk, so an array that does not matter to a failure shrinks to a single chunk of the same size
+for any shape, and a shape shrinking elsewhere (a narrower layer) does not shift the chunks of the
+arrays drawn after it (the shrunk counterexamples stay small).
 Within a chunk the element slots are read last to first: the byte shrinker moves a needed
 non-zero element to the chunk's *last* slot, which is read as the chunk's first element, so it
 survives when the array's shape shrinks.
@@ -49,7 +54,7 @@ CHUNK = 41
 """Bytes per choice: a float chunk holds the mode, the fill and 7 elements, or a pad byte and 8
 elements; a label chunk 41 labels."""
 F32_TINY = float(np.finfo(np.float32).tiny)
-DENSE_MODES = 192
+CONSTANT_MODES = 48
 ZERO_KINDS = 56
 SPECIAL_KINDS = 80
 GRID_KINDS = 96
@@ -77,13 +82,22 @@ def _label_layout(chunks: tuple[bytes, ...]) -> bytes:
     return b"".join(c[::-1] for c in chunks)
 
 
+@st.composite
+def _float_chunks(draw: st.DrawFn, more: int) -> bytes:
+    """The first chunk, and ``more`` further chunks unless it says "constant"."""
+    first = draw(_CHUNK)
+    if first[0] < CONSTANT_MODES or not more:
+        return first
+    return _float_layout((first, *(draw(_CHUNK) for _ in range(more))))
+
+
 @cache
 def chunked(n: int, width: int) -> st.SearchStrategy[bytes]:
     """The byte string of an array of ``n`` elements of ``width`` bytes (5: the float layout,
     1: labels), drawn as fixed-size chunks."""
     if width == 5:
-        k = 1 + max(0, -(-(n - 7) // 8))
-        return st.tuples(*[_CHUNK] * k).map(_float_layout)
+        more = max(0, -(-(n - 7) // 8))
+        return _float_chunks(more) if more else _CHUNK.map(lambda c: _float_layout((c,)))
     return st.tuples(*[_CHUNK] * -(-n // CHUNK)).map(_label_layout)
 
 
@@ -115,8 +129,10 @@ def decode_floats(raw: bytes, n: int, m: float) -> np.ndarray:
     """n float64 values (each a float32 number in [−m, m]) from the float layout."""
     const, exps, grid = _tables(m)
     b = np.frombuffer(raw, dtype=np.uint8)
-    e = b[1:6 + 5 * n].reshape(n + 1, 5)
-    e = np.broadcast_to(e[:1], (n, 5)) if b[0] >= DENSE_MODES else e[1:]
+    if b[0] < CONSTANT_MODES:  # the fill value everywhere
+        e = np.broadcast_to(b[1:6].reshape(1, 5), (n, 5))
+    else:
+        e = b[6:6 + 5 * n].reshape(n, 5)
     k = e[:, 0].astype(np.int64)
     a = e[:, 1].astype(np.int64)
     p = (e[:, 2].astype(np.int64) << 16) | (e[:, 3].astype(np.int64) << 8) | e[:, 4]
