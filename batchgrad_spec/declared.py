@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import pytest
@@ -43,8 +44,8 @@ from hypothesis.control import currently_in_test_context
 from reference.capabilities import capabilities_of, features_of
 
 __all__ = ["BUCKETED", "BUCKETS", "DrawContext", "Plan", "admit", "choose", "current",
-           "demands", "drawing", "feature_flag", "not_supported", "permits", "plans", "require",
-           "sizes"]
+           "demands", "drawing", "feature_flag", "integers", "not_supported", "permits", "plans",
+           "require", "sampled", "sizes"]
 
 BUCKETED = "shapes:bucketed"
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -187,8 +188,14 @@ def sizes(lo: int, hi: int) -> st.SearchStrategy[int]:
     ``BUCKETS`` in the range (``lo`` when none is), shrinking towards the smallest."""
     ctx = current()
     if ctx is None or not ctx.bucketed:
-        return st.integers(lo, hi)
-    return st.sampled_from([b for b in BUCKETS if lo <= b <= hi] or [lo])
+        return integers(lo, hi)
+    return sampled(tuple(b for b in BUCKETS if lo <= b <= hi) or (lo,))
+
+
+integers = cache(st.integers)
+"""``st.integers`` built once per range, not per draw (issue #15)."""
+sampled = cache(st.sampled_from)
+"""``st.sampled_from`` built once per tuple of choices (``choose``'s answer), not per draw."""
 
 
 def admit(target: Any, problem: Any) -> None:

@@ -3,7 +3,7 @@
 Run from a checkout (no install needed; the repository root is put on sys.path)::
 
     python benchmarks/bench.py            # every section, 100 examples per backend/dtype
-    python benchmarks/bench.py --quick    # section a only, 20 examples (≤ 1 min; tox -e bench)
+    python benchmarks/bench.py --quick    # sections a and e, 100 examples (≤ 1 min; tox -e bench)
     python benchmarks/bench.py --sections a,c --backends numpy,torch
 
 Sections, one module each (every table is preceded by the load average, since timings on a
@@ -16,7 +16,9 @@ b  ``newshape``: the cost of a new shape per backend, each configuration in a fr
    (jax compilation, buckets, persistent cache);
 c  ``torch_func``: the reference's ``per_example_grads`` against
    ``torch.func.vmap(torch.func.grad(ℓ))`` over widths × batch sizes;
-d  ``growth``: one example's pieces against batch size and width, to choose profile sizes.
+d  ``growth``: one example's pieces against batch size and width, to choose profile sizes;
+e  ``ci_figures``: the throughput goals (met or not), the ``ci`` profile's examples per property,
+   and, in a CI run, examples and wall time per env (``reports/``).
 
 Timing: ``time.perf_counter``; a warm-up call, then repeats of a loop long enough to be
 measured, reporting the best repeat's mean per call (other processes only ever add time: on a
@@ -42,6 +44,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from benchmarks.ci_figures import section_e  # noqa: E402
 from benchmarks.common import BUILTIN, available, load  # noqa: E402
 from benchmarks.growth import section_d  # noqa: E402
 from benchmarks.newshape import newshape_worker, section_b  # noqa: E402
@@ -53,11 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer examples, repeats and grid points")
     ap.add_argument("--sections", default=None,
-                    help="comma-separated subset of a,b,c,d (default: all; quick: a)")
+                    help="comma-separated subset of a,b,c,d,e (default: all; quick: a,e)")
     ap.add_argument("--backends", default=",".join(BUILTIN),
                     help="comma-separated built-in backends (default: those that import)")
     ap.add_argument("--examples", type=int, default=None,
-                    help="examples per backend/dtype in section a (default 100, quick 20)")
+                    help="examples per backend/dtype in section a (default 100: the ci "
+                         "profile's)")
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch.set_num_threads(N) before timing (default: torch's own)")
     ap.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
@@ -76,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     backends = available([b.strip() for b in args.backends.split(",") if b.strip()])
     q = args.quick
-    sections = {s.strip() for s in (args.sections or ("a" if q else "a,b,c,d")).split(",")}
-    examples = args.examples or (20 if q else 100)
+    sections = {s.strip() for s in (args.sections or ("a,e" if q else "a,b,c,d,e")).split(",")}
+    examples = args.examples or 100
     print(f"# batchgrad-spec benchmarks ({'quick' if q else 'full'})\n")
     versions = [f"python {platform.python_version()}", f"numpy {np.__version__}"]
     for mod in ("torch", "jax", "hypothesis"):
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         out["d"] = section_d(backends, [4, 16] if q else [4, 8, 16],
                              [1, 16, 64] if q else [1, 8, 16, 64], 0.02 if q else 0.05,
                              3 if q else 5)
+    if "e" in sections:
+        out["e"] = section_e(out.get("a"), ROOT)
     out["load_end"] = os.getloadavg()
     print(f"\nTotal {time.perf_counter() - t_start:.0f} s; {load()}")
     if args.json:

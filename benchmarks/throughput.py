@@ -44,6 +44,7 @@ class CoreIdentity:
     examples it draws — unchanged."""
 
     def __init__(self, examples: int) -> None:
+        self.cpu = 0.0  # CPU seconds of the last run (time.process_time)
         self.check: Callable[..., Check] = harness.check
         self.body: Callable[[Check], None] = harness.reduction_identity
         me = self
@@ -62,9 +63,10 @@ class CoreIdentity:
         """Wall seconds of one run of the property on ``target``, and the examples it checked."""
         key = stats.key(target)
         before = stats.snapshot(key)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         self.test(target=target)
         wall = time.perf_counter() - t0
+        self.cpu = time.process_time() - c0
         counted = stats.since(key, before)
         return wall, counted.examples if counted else 0
 
@@ -140,7 +142,7 @@ def section_a(backends: list[str], examples: int, repeats: int) -> dict[str, Any
                 checked_loss_and_grad(b, warm.rounded(dt), target.config)
                 checked_per_example(b, warm.rounded(dt), target.config, "vmap")
                 checked_per_example(b, warm.rounded(dt), target.config, "loop")
-                gen_walls, walls, replays = [], [], []
+                gen_walls, walls, replays, cpus = [], [], [], []
                 for _ in range(repeats):
                     # generation first, so that one-time costs of a test's first run (≈ 0.2 s)
                     # fall here
@@ -151,6 +153,7 @@ def section_a(backends: list[str], examples: int, repeats: int) -> dict[str, Any
                     with prop.recording() as seen:
                         wall, n = prop.run(target)
                     walls.append(wall)
+                    cpus.append(prop.cpu)
                     replays.append(_replay(target, seen))
                 # best of the repeats: the least disturbed by other processes
                 gen, wall = min(gen_walls), min(walls)
@@ -161,6 +164,7 @@ def section_a(backends: list[str], examples: int, repeats: int) -> dict[str, Any
                 results[f"{name}-{dt}"] = {
                     "examples": n, "wall_s": wall, "examples_per_s": n / wall,
                     "per_example_s": wall / n, "generation_s": gen,
+                    "cpu_per_example_s": min(cpus) / n,
                     "generation_share": gen / (wall / n),
                     **{f"{k}_s": v for k, v in per.items()}, "rest_s": rest}
                 rows.append([name, dt, str(n), f"{wall:.2f} s", f"{n / wall:.0f}",

@@ -9,7 +9,8 @@ normal numbers of magnitude ≤ ``max_magnitude`` (default 2), sizes are capped 
 
 Rooms, each importable on its own (imports run one way, down this list):
 
-- ``value``: ``floats`` and the size caps;
+- ``value``: ``floats``, the one-step array draws (``float_arrays``, ``float_arrays_between``,
+  ``label_arrays``; their byte layout in ``_arrays``) and the size caps;
 - ``layer``: the coupling layers of chapter 4 as units (kinds, ``norm_parameters``,
   ``dropout_masks``, ``with_two_outputs``, ``layer_kind``);
 - ``network``: ``networks``, ``layer_networks``, ``parameters``;

@@ -8,13 +8,19 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
-from hypothesis.extra import numpy as hnp
 
 from batchgrad_spec.declared import permits, require, sizes
 from batchgrad_spec.strategies._validation import check_instance, check_range, flag
 from batchgrad_spec.strategies.layer import dropout_masks
 from batchgrad_spec.strategies.loss import CE, VARIANCE_RANGE, check_ignored
-from batchgrad_spec.strategies.value import MAX_BATCH, MAX_LENGTH, float32_range, floats
+from batchgrad_spec.strategies.value import (
+    MAX_BATCH,
+    MAX_LENGTH,
+    check_magnitude,
+    float_arrays,
+    float_arrays_between,
+    label_arrays,
+)
 from reference.batch import MASK, SEQUENCE, Batch
 from reference.layers import Dropout, Network
 from reference.losses import CORE_LOSSES, CORE_REDUCTIONS, Loss, Reduction
@@ -39,28 +45,28 @@ def check_batch_args(network: Network, loss: Loss, reduction: Reduction) -> None
 
 
 def draw_targets(draw: st.DrawFn, loss: Loss, lead: tuple[int, ...], d: int,
-                 elements: st.SearchStrategy[float], soft: bool,
+                 m: float, soft: bool,
                  ignored: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(targets, variances or None) of shape ``lead`` (+ (d,)) for ``loss``."""
+    """(targets, variances or None) of shape ``lead`` (+ (d,)) for ``loss``; float targets in
+    [−m, m] (BCE: [0, 1])."""
     if loss.elementwise:
-        target_elements = (st.floats(0.0, 1.0, width=32) if loss.name == "bce_with_logits"
-                           else elements)
-        y = draw(hnp.arrays(np.float64, lead + (d,), elements=target_elements))
+        y = draw(float_arrays_between(lead + (d,), lo=0.0, hi=1.0)
+                 if loss.name == "bce_with_logits" else float_arrays(lead + (d,), max_magnitude=m))
         v = None
         if loss.name == "gaussian_nll":
-            v = draw(hnp.arrays(np.float64, lead + (d,), elements=st.floats(
-                *VARIANCE_RANGE, width=32)))
+            v = draw(float_arrays_between(lead + (d,), lo=VARIANCE_RANGE[0],
+                                          hi=VARIANCE_RANGE[1]))
         return y, v
-    labels = draw(hnp.arrays(np.int64, lead, elements=st.integers(0, d - 1)))
+    labels = draw(label_arrays(lead, classes=d))
     if soft:  # q ∝ e_y + m with m_k ∈ {0..3}: shrinks to the one-hot row e_0
-        mass = draw(hnp.arrays(np.int64, lead + (d,), elements=st.integers(0, 3)))
+        mass = draw(label_arrays(lead + (d,), classes=4))
         mass = mass + np.eye(d, dtype=np.int64)[labels]
         return mass / mass.sum(axis=-1, keepdims=True), None
     if loss.ignore_index is None:
         return labels, None
     if ignored == "all":
         return np.full(lead, loss.ignore_index, dtype=np.int64), None
-    skip = draw(hnp.arrays(bool, lead, elements=st.booleans()))  # shrinks to none ignored
+    skip = draw(label_arrays(lead, classes=2)).astype(bool)  # shrinks to none ignored
     skip.flat[0] = False  # at least one label counts
     if ignored == "some":
         skip.flat[-1] = True  # and at least one is ignored
@@ -68,34 +74,30 @@ def draw_targets(draw: st.DrawFn, loss: Loss, lead: tuple[int, ...], d: int,
 
 
 def draw_weights(draw: st.DrawFn, reduction: Reduction, n: int,
-                 elements: st.SearchStrategy[float]) -> np.ndarray | None:
-    """The c_i of the weighted reductions: any sign for ``weighted``, positive for
+                 m: float) -> np.ndarray | None:
+    """The c_i of the weighted reductions: any sign in [−m, m] for ``weighted``, positive for
     ``weighted_mean``; None for the others."""
     if reduction.name == "weighted":
-        return draw(hnp.arrays(np.float64, (n,), elements=elements))
+        return draw(float_arrays((n,), max_magnitude=m))
     if reduction.name == "weighted_mean":
-        return draw(hnp.arrays(np.float64, (n,),
-                               elements=float32_range(*WEIGHTED_MEAN_WEIGHTS)))
+        lo, hi = WEIGHTED_MEAN_WEIGHTS
+        return draw(float_arrays_between((n,), lo=lo, hi=hi))
     return None
 
 
-def _examples(network: Network, loss: Loss, reduction: Reduction, min_size: int, max_size: int,
-              elements: st.SearchStrategy[float], soft: st.SearchStrategy[bool] | None,
-              ignored: str) -> st.SearchStrategy[Batch]:
+@st.composite
+def _examples(draw: st.DrawFn, network: Network, loss: Loss, reduction: Reduction,
+              min_size: int, max_size: int, m: float, soft: st.SearchStrategy[bool] | None,
+              ignored: str) -> Batch:
     """N in [min_size, max_size], inputs, (soft) targets, variances, weights, dropout masks:
-    what ``batches`` and ``loss_batches`` draw, in that order."""
-
-    @st.composite
-    def build(draw: st.DrawFn) -> Batch:
-        n = draw(sizes(min_size, max_size))  # bucketed under shapes:bucketed (spec §8.6)
-        x = draw(hnp.arrays(np.float64, (n, network.in_features), elements=elements))
-        is_soft = soft is not None and draw(soft)
-        y, v = draw_targets(draw, loss, (n,), network.out_features, elements, is_soft, ignored)
-        w = draw_weights(draw, reduction, n, elements)
-        drop = draw(dropout_masks(network, n)) if network.layers_of(Dropout) else None  # ch. 4
-        return Batch(x, y, w, variances=v, dropout=drop)
-
-    return build()
+    what ``batches`` and ``loss_batches`` draw, in that order (decorated once, at import)."""
+    n = draw(sizes(min_size, max_size))  # bucketed under shapes:bucketed (spec §8.6)
+    x = draw(float_arrays((n, network.in_features), max_magnitude=m))
+    is_soft = soft is not None and draw(soft)
+    y, v = draw_targets(draw, loss, (n,), network.out_features, m, is_soft, ignored)
+    w = draw_weights(draw, reduction, n, m)
+    drop = draw(dropout_masks(network, n)) if network.layers_of(Dropout) else None  # ch. 4
+    return Batch(x, y, w, variances=v, dropout=drop)
 
 
 def batches(
@@ -125,8 +127,8 @@ def batches(
         raise InvalidArgument(f"reduction={reduction!r} needs sequences: use "
                               f"sequence_batches()")
     check_range("size", min_size, max_size, 1, MAX_BATCH)
-    elements = floats(max_magnitude=max_magnitude)
-    return _examples(network, loss, reduction, min_size, max_size, elements, None, "any")
+    m = check_magnitude(max_magnitude)
+    return _examples(network, loss, reduction, min_size, max_size, m, None, "any")
 
 
 def loss_batches(
@@ -165,9 +167,9 @@ def loss_batches(
                               "sequence_batches()")
     lo = max(min_size, 2) if ignored == "some" else min_size
     check_range("size", lo, max_size, 1, MAX_BATCH)
-    elements = floats(max_magnitude=max_magnitude)
+    m = check_magnitude(max_magnitude)
     may_be_soft = ce and loss.ignore_index is None
-    return _examples(network, loss, reduction, lo, max_size, elements,
+    return _examples(network, loss, reduction, lo, max_size, m,
                      soft if may_be_soft else None, ignored)
 
 
@@ -212,7 +214,7 @@ def sequence_batches(
     lo = max(min_size, 2) if empty_sequences else min_size
     check_range("size", lo, max_size, 1, MAX_BATCH)
     check_range("length", min_length, max_length, 1, MAX_LENGTH)
-    elements = floats(max_magnitude=max_magnitude)
+    m = check_magnitude(max_magnitude)
     every_row = reduction.name == "sequence_mean" or empty_sequences is False
 
     @st.composite
@@ -223,7 +225,7 @@ def sequence_batches(
             require(MASK)
         n = draw(sizes(lo, max_size))
         t = draw(sizes(min_length, max_length))
-        x = draw(hnp.arrays(np.float64, (n, t, network.in_features), elements=elements))
+        x = draw(float_arrays((n, t, network.in_features), max_magnitude=m))
         mask: np.ndarray | None
         if not masked:  # every token valid, no mask
             mask = None
@@ -232,13 +234,13 @@ def sequence_batches(
             mask = np.zeros((n, t), dtype=bool)
             mask[:, :valid] = True
         else:
-            mask = ~draw(hnp.arrays(bool, (n, t), elements=st.booleans()))
+            mask = ~draw(label_arrays((n, t), classes=2)).astype(bool)
             mask[0, 0] = True
             if every_row:
                 mask[~mask.any(axis=1), 0] = True
             if empty_sequences:
                 mask[-1] = False
-        y, v = draw_targets(draw, loss, (n, t), network.out_features, elements, False, "any")
-        return Batch(x, y, draw_weights(draw, reduction, n, elements), mask=mask, variances=v)
+        y, v = draw_targets(draw, loss, (n, t), network.out_features, m, False, "any")
+        return Batch(x, y, draw_weights(draw, reduction, n, m), mask=mask, variances=v)
 
     return build()

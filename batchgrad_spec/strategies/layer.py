@@ -14,10 +14,16 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
-from hypothesis.extra import numpy as hnp
 
 from batchgrad_spec.strategies._validation import check_instance
-from batchgrad_spec.strategies.value import MAX_BATCH, float32_range, floats
+from batchgrad_spec.strategies.value import (
+    MAX_BATCH,
+    check_magnitude,
+    float32_range,
+    float_arrays,
+    floats,
+    label_arrays,
+)
 from reference.layers import DROPOUT, NORMS, Dense, Dropout, Layer, Network
 from reference.norms import BATCHNORM, BATCHNORM_TRAIN, LAYERNORM, BatchNorm, LayerNorm
 
@@ -85,18 +91,17 @@ def norm_parameters(network: Network, *, max_magnitude: float = 2.0) -> st.Searc
     (features,) in [−max_magnitude, max_magnitude]; shrinks towards zeros. (``parameters`` draws
     these after the Dense parameters, so networks without norms draw what they drew before.)"""
     check_instance("network", network, Network)
-    elements = floats(max_magnitude=max_magnitude)
+    return _norm_parameters(network, check_magnitude(max_magnitude))
 
-    @st.composite
-    def build(draw: st.DrawFn) -> dict:
-        out = {}
-        for k in network.layers_of(NORMS):
-            shape = (network.layers[k].features,)  # type: ignore[union-attr]
-            out[f"{k}.weight"] = draw(hnp.arrays(np.float64, shape, elements=elements))
-            out[f"{k}.bias"] = draw(hnp.arrays(np.float64, shape, elements=elements))
-        return out
 
-    return build()
+@st.composite
+def _norm_parameters(draw: st.DrawFn, network: Network, m: float) -> dict:
+    out = {}
+    for k in network.layers_of(NORMS):
+        shape = (network.layers[k].features,)  # type: ignore[union-attr]
+        out[f"{k}.weight"] = draw(float_arrays(shape, max_magnitude=m))
+        out[f"{k}.bias"] = draw(float_arrays(shape, max_magnitude=m))
+    return out
 
 
 def dropout_masks(network: Network, n: int) -> st.SearchStrategy[dict]:
@@ -105,15 +110,14 @@ def dropout_masks(network: Network, n: int) -> st.SearchStrategy[dict]:
     check_instance("network", network, Network)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BATCH:
         raise InvalidArgument(f"n={n!r} must be an int in [1, {MAX_BATCH}] (the batch size)")
+    return _dropout_masks(network, n)
+
+
+@st.composite
+def _dropout_masks(draw: st.DrawFn, network: Network, n: int) -> dict:
     widths = network.widths()
-
-    @st.composite
-    def build(draw: st.DrawFn) -> dict:
-        return {k: draw(hnp.arrays(np.float64, (n, widths[k]),
-                                   elements=st.sampled_from([1.0, 0.0])))
-                for k in network.layers_of(Dropout)}
-
-    return build()
+    return {k: 1.0 - draw(label_arrays((n, widths[k]), classes=2)).astype(np.float64)
+            for k in network.layers_of(Dropout)}
 
 
 def with_two_outputs(net: Network) -> Network:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
-from hypothesis.extra import numpy as hnp
 
-from batchgrad_spec.declared import choose, require, sizes
+from batchgrad_spec.declared import choose, integers, require, sampled, sizes
 from batchgrad_spec.strategies._validation import (
     check_feature,
     check_instance,
@@ -25,7 +23,13 @@ from batchgrad_spec.strategies.layer import (
     draw_layer,
     norm_parameters,
 )
-from batchgrad_spec.strategies.value import MAX_DEPTH, MAX_WIDTH, floats
+from batchgrad_spec.strategies.value import (
+    MAX_DEPTH,
+    MAX_WIDTH,
+    check_magnitude,
+    float_arrays,
+    floats,
+)
 from reference.activations import (
     ACTIVATION_FEATURES,
     ACTIVATION_NAMES,
@@ -67,13 +71,16 @@ def networks(
     if bias is not None and not isinstance(bias, bool):
         raise InvalidArgument(f"bias={bias!r} must be True, False or None (drawn per layer)")
 
+    # the strategies are built once, not per draw (a new strategy is validated at its first draw)
+    biases = st.booleans().map(lambda x: not x)
+
     @st.composite
     def build(draw: st.DrawFn) -> Network:
         require(DENSE)  # the draw context (spec §8.6): what the target's backend declares
         drawn = choose(acts, ACTIVATION_FEATURES, empty_ok=True)
         if not drawn and min_depth > 1:
             choose(acts, ACTIVATION_FEATURES)  # a skip: no declared activation
-        depth = draw(st.integers(min_depth, max_depth if drawn else 1))
+        depth = draw(integers(min_depth, max_depth if drawn else 1))
         widths = [draw(sizes(min_width, max_width)) for _ in range(depth + 1)]
         if in_features is not None:
             widths[0] = in_features
@@ -81,10 +88,10 @@ def networks(
             widths[-1] = out_features
         layers: list[Layer] = []
         for i in range(depth):
-            b = draw(st.booleans().map(lambda x: not x)) if bias is None else bias
+            b = draw(biases) if bias is None else bias
             layers.append(Dense(widths[i], widths[i + 1], b))
             if i < depth - 1:
-                layers.append(Activation(draw(st.sampled_from(drawn))))
+                layers.append(Activation(draw(sampled(drawn))))
         return Network(tuple(layers))
 
     return build()
@@ -162,20 +169,21 @@ def parameters(network: Network, *, max_magnitude: float = 2.0) -> st.SearchStra
     of the norms (``norm_parameters``) are drawn after the Dense parameters.
     """
     check_instance("network", network, Network)
-    elements = floats(max_magnitude=max_magnitude)
+    return _parameters(network, check_magnitude(max_magnitude))
 
-    @st.composite
-    def build(draw: st.DrawFn) -> dict:
-        params = {}
-        for k, d in network.dense_layers():
-            params[f"{k}.weight"] = draw(hnp.arrays(np.float64, (d.out_features, d.in_features),
-                                                    elements=elements))
-            b = draw(hnp.arrays(np.float64, (d.out_features,), elements=elements))
-            if d.bias:
-                params[f"{k}.bias"] = b
-        if network.layers_of(NORMS):  # chapter 4: γ, β after the Dense parameters
-            params.update(draw(norm_parameters(network, max_magnitude=max_magnitude)))
-            params = {k: params[k] for k in network.param_shapes()}
-        return params
 
-    return build()
+@st.composite
+def _parameters(draw: st.DrawFn, network: Network, m: float) -> dict:
+    """``parameters``' draw (decorated once here: ``st.composite`` applied inside a draw re-reads
+    the source of the function it wraps on every example)."""
+    params = {}
+    for k, d in network.dense_layers():
+        params[f"{k}.weight"] = draw(float_arrays((d.out_features, d.in_features),
+                                                  max_magnitude=m))
+        b = draw(float_arrays((d.out_features,), max_magnitude=m))
+        if d.bias:
+            params[f"{k}.bias"] = b
+    if network.layers_of(NORMS):  # chapter 4: γ, β after the Dense parameters
+        params.update(draw(norm_parameters(network, max_magnitude=m)))
+        params = {k: params[k] for k in network.param_shapes()}
+    return params

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from batchgrad_spec.declared import choose, feature_flag
+from batchgrad_spec.declared import choose, feature_flag, sampled
 from batchgrad_spec.strategies._validation import check_names, check_range, flag
 from batchgrad_spec.strategies.batch import batches, loss_batches, sequence_batches
 from batchgrad_spec.strategies.layer import LAYER_KINDS, PIECEWISE_ACTIVATIONS, with_two_outputs
@@ -82,9 +82,9 @@ def problems(
 
     @st.composite
     def build(draw: st.DrawFn) -> Problem:
-        loss = Loss(draw(st.sampled_from(choose(loss_names, LOSS_FEATURES))))  # §8.6
+        loss = Loss(draw(sampled(choose(loss_names, LOSS_FEATURES))))  # §8.6
         net = _with_classes(draw(nets), loss.name)  # layers may follow the last Dense (ch. 4)
-        reduction = Reduction(draw(st.sampled_from(choose(red, REDUCTION_FEATURES))))
+        reduction = Reduction(draw(sampled(choose(red, REDUCTION_FEATURES))))
         params = draw(parameters(net, max_magnitude=max_magnitude))
         batch = draw(batches(net, loss, reduction, min_size=min_batch, max_size=max_batch,
                              max_magnitude=max_magnitude))

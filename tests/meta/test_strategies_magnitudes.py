@@ -10,8 +10,20 @@ import math
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
-from batchgrad_spec.strategies import MAX_BATCH, MAX_DEPTH, MAX_WIDTH, problems
+from batchgrad_spec.strategies import (
+    MAX_BATCH,
+    MAX_DEPTH,
+    MAX_WIDTH,
+    float_arrays,
+    float_arrays_between,
+    label_arrays,
+    minimal,
+    problems,
+    reaches,
+)
 from reference.activations import Activation
 from reference.batch import Batch
 from reference.grads import batch_grad, forward, per_example_grads
@@ -123,3 +135,65 @@ def test_drawn_values_are_finite_and_bounded(problem):
         assert np.all(np.isfinite(g)) and np.max(np.abs(g)) <= b["grads"][name], name
         assert np.all(np.isfinite(batch[name]))
         assert np.max(np.abs(batch[name])) <= kappa * b["grads"][name] * (1 + 1e-12), name
+
+
+# -- the one-step array draws (issue #15): the value set of floats(), shrinking towards zeros ----
+F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+@pytest.mark.clause("1.6")
+@pytest.mark.parametrize("m", [2.0, 0.3, 8.0])
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_float_arrays_draw_bounded_float32_normals_or_zero(m, data):
+    """Every element is float32-representable, of magnitude ≤ max_magnitude, never subnormal."""
+    a = data.draw(float_arrays((5, 7), max_magnitude=m))
+    assert a.shape == (5, 7) and a.dtype == np.float64
+    assert np.array_equal(a.astype(np.float32).astype(np.float64), a)
+    assert np.max(np.abs(a)) <= m
+    assert not np.any((a != 0) & (np.abs(a) < F32_TINY))
+
+
+@pytest.mark.clause("1.6")
+@pytest.mark.parametrize("value", [0.0, 1.0, -1.0, 2.0, -2.0, F32_TINY, -F32_TINY, 0.5])
+def test_float_arrays_reach_zero_one_the_bound_and_tiny(value):
+    """The edges floats() favours are reached: exact 0, ±1, ±max_magnitude, ±float32 tiny."""
+    reaches(float_arrays((3, 2)), lambda a: bool(np.any(a == value)))
+
+
+@pytest.mark.clause("1.6")
+def test_arrays_shrink_towards_zeros():
+    """Any array shrinks to all zeros (labels to 0, bounded arrays to lo); an array needing two
+    non-zero elements shrinks to ones and zeros (a constant array of ones: one byte string, the
+    simplest to Hypothesis, where ``hnp.arrays`` gave two ones and zeros)."""
+    assert not np.any(minimal(float_arrays((4, 3))))
+    assert not np.any(minimal(label_arrays((9,), classes=5)))
+    assert np.all(minimal(float_arrays_between((6,), lo=0.25, hi=4.0)) == 0.25)
+    two = minimal(float_arrays((10,)), lambda a: np.count_nonzero(a) >= 2)
+    assert set(np.abs(two[two != 0])) == {1.0}, two
+
+
+@pytest.mark.clause("1.6")
+def test_bounded_and_label_arrays_stay_in_range_and_reach_the_ends():
+    reaches(float_arrays_between((4,), lo=0.25, hi=4.0), lambda a: bool(np.any(a == 4.0)))
+    reaches(label_arrays((4,), classes=3), lambda a: bool(np.any(a == 2)))
+
+    @settings(max_examples=100, deadline=None)
+    @given(v=float_arrays_between((3, 3), lo=1 / 64, hi=2.0), y=label_arrays((7,), classes=3))
+    def check(v, y):
+        assert np.all((v >= 1 / 64) & (v <= 2.0))
+        assert np.array_equal(v.astype(np.float32).astype(np.float64), v)
+        assert y.dtype == np.int64 and np.all((y >= 0) & (y < 3))
+
+    check()
+
+
+@pytest.mark.clause("1.6")
+@pytest.mark.parametrize("call", [
+    lambda: float_arrays((2, 0)), lambda: float_arrays([2, 2]),
+    lambda: float_arrays((2,), max_magnitude=9.0), lambda: label_arrays((2,), classes=0),
+    lambda: float_arrays_between((2,), lo=2.0, hi=1.0),
+])
+def test_array_strategies_reject_bad_arguments(call):
+    with pytest.raises(InvalidArgument):
+        call()
