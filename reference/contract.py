@@ -15,6 +15,9 @@ computes with its framework's own autodiff:
                                           ``accumulation_methods()`` (default ("sum",))
     train_loop(problem, config, loop, batches) -> LoopResult   OPTIONAL: one epoch of a training
                                           loop, windows, clipping, loss scaling (spec §8.10)
+    capabilities()  -> iterable of names  OPTIONAL: the features it supports (spec §8.6,
+                                          ``reference.capabilities``); default: the 0.2.0 set
+    known_deviations() -> KnownDeviations OPTIONAL: deviations by clause and feature (§8.7)
 
 ``per_example`` returns g_i itself, not g_i/N (spec §1.4). ``method`` is one of the backend's
 ``per_example_methods()``, at least "vmap" (vectorised) and "loop" (one example at a time).
@@ -36,13 +39,14 @@ import numpy as np
 
 from .accumulation import micro_batches
 from .batch import Batch
+from .capabilities import capabilities_of, known_deviations_of
 from .loop import Loop, LoopResult, loop_batches
 from .problem import DTYPES, Problem
-from .types import Grads, Undefined
+from .types import BackendError, Grads, Undefined
 
 __all__ = [  # Undefined is defined with the other exceptions (types.py) and raised by backends
     "CONTRACT", "OPTIONAL", "Backend", "BackendError", "Config", "Undefined",
-    "accumulation_methods", "checked_accumulate", "checked_loss_and_grad",
+    "accumulation_methods", "capabilities_of", "checked_accumulate", "checked_loss_and_grad",
     "checked_per_example", "checked_train", "checked_train_loop", "copy_batch", "implements",
     "load_backend",
 ]
@@ -66,7 +70,12 @@ class Config:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What a framework adapter implements. See the module docstring and spec chapter 8."""
+    """What a framework adapter implements. See the module docstring and spec chapter 8.
+
+    Optional methods (``OPTIONAL``, not part of this protocol's isinstance check): ``train``,
+    ``accumulate``, ``capabilities() -> Iterable[str]`` (names of ``reference.capabilities.
+    VOCABULARY``; read with ``capabilities_of``) and ``known_deviations()`` (``reference.
+    capabilities.KnownDeviation`` entries)."""
 
     name: str
 
@@ -99,15 +108,6 @@ class Backend(Protocol):
 
 CONTRACT = ("name", "versions", "devices", "dtypes", "per_example_methods", "loss_and_grad",
             "per_example")
-
-
-class BackendError(Exception):
-    """A backend could not be loaded, or broke the contract. The message says what to fix.
-
-    ``call`` is "loss_and_grad" or "per_example" when the error came from that call.
-    """
-
-    call: str | None = None
 
 
 def _resolve(spec: str, builtins: Mapping[str, str]) -> Any:
@@ -154,6 +154,7 @@ def load_backend(spec: str, builtins: Mapping[str, str] | None = None) -> Backen
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         raise BackendError(f"backend {spec!r}: dtypes() returned {dtypes}; allowed: {DTYPES}")
+    capabilities_of(obj), known_deviations_of(obj)  # a declaration is checked when loaded (§8.6)
     return cast(Backend, obj)
 
 
@@ -292,8 +293,10 @@ def checked_per_example(backend: Backend, problem: Problem, config: Config,
 
 
 # -- the optional update step (spec chapter 6) ----------------------------------------------------
-OPTIONAL = ("train", "accumulate", "train_loop")
-"""Optional contract methods: a backend without one skips the clauses that need it."""
+OPTIONAL = ("train", "accumulate", "train_loop", "capabilities", "known_deviations")
+"""Optional contract methods: a backend without train/accumulate/train_loop skips the clauses
+that need them; without capabilities() it is assumed to support ``DEFAULT_CAPABILITIES`` (spec
+§8.6); without known_deviations() it declares none (§8.7)."""
 
 
 def implements(backend: Backend, method: str) -> bool:

@@ -18,6 +18,8 @@ gets one thing wrong. Rooms, one concern each (``base`` under all of them):
 * ``accumulation``  chapter 5's gradient accumulation (§5.1–§5.4)
 * ``update``        chapter 6's update steps (§6.1, §6.2, §6.6)
 * ``loops``         chapter 10's training loops (§10.1–§10.4)
+* ``capabilities``  declarations: a subset, a misspelt name, a deviation confined to one feature
+  (§8.6, §8.7)
 * ``gallery``       ``Bug``, ``GALLERY``, ``PENDING``: which property catches which classic bug
 
 Every name of these modules is an attribute of this package, whichever module defines it: when a
@@ -38,7 +40,7 @@ import importlib
 from typing import Any
 
 _MODULES = ("gallery", "reductions", "per_example", "operations", "precision", "contract",
-            "losses", "layers", "accumulation", "update", "loops", "base")
+            "losses", "layers", "accumulation", "update", "loops", "capabilities", "base")
 """The modules whose names this package resolves, searched in this order."""
 
 _MISSING = object()

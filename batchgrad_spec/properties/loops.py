@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference.contract import implements
+from reference.contract import capabilities_of, implements
 
+from ..declared import not_supported
 from ..harness import Target
 from ..loops import LoopCheck, loops
 from ..strategies import problems
@@ -42,17 +43,15 @@ RANKED_PROBLEMS = problems(min_batch=4)
 
 
 def needs(target: Target, features: Iterable[str]) -> None:
-    """Skip unless the backend implements ``train_loop`` and declares ``features`` (a backend
-    with no ``capabilities()`` declaration is taken to support every loop feature)."""
+    """Skip unless the backend implements ``train_loop`` and declares ``features`` (spec §8.6:
+    the loop features are not in the 0.2.0 vocabulary a backend without a declaration gets)."""
     backend = target.backend
     if not implements(backend, "train_loop"):
         pytest.skip(f"backend {backend.name} does not implement the optional train_loop()")
-    declared = getattr(backend, "capabilities", None)
-    if callable(declared):
-        have = set(declared())
-        for f in features:
-            if f not in have:
-                pytest.skip(f"not supported: {backend.name} does not declare {f}")
+    have = capabilities_of(backend)
+    for f in features:
+        if f not in have:
+            raise not_supported(f"not supported: {backend.name} does not declare {f}", f)
 
 
 @pytest.mark.clause("10.1")

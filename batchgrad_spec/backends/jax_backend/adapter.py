@@ -27,7 +27,9 @@ import numpy as np
 import optax
 
 from reference.batch import Batch
+from reference.capabilities import DEFAULT_CAPABILITIES
 from reference.contract import Config
+from reference.loop import LOOP_FEATURES
 from reference.problem import Problem
 from reference.types import Grads, Undefined
 
@@ -71,6 +73,12 @@ class JaxBackend:
 
     def per_example_methods(self) -> Sequence[str]:
         return ("vmap", "loop")
+
+    def capabilities(self) -> frozenset[str]:
+        """The 0.2.0 vocabulary: every layer type of ``layers.LAYERS``, every activation, loss
+        with its options, reduction, and sequences with masks (spec §8.6), and the
+        training-loop features of chapter 10 (``train_loop``)."""
+        return DEFAULT_CAPABILITIES | frozenset(LOOP_FEATURES)
 
     @staticmethod
     def trace_counts() -> dict[str, int]:
