@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .batch import Batch
+from .capabilities import register
 from .grads import batch_grad, per_example_grads
 from .problem import Problem
 from .types import DType, Grads, Params
@@ -58,7 +59,10 @@ LOOP_FEATURES = {
     "loop:loss_scale": "loss scaling; a non-finite step is skipped (spec §10.3)",
     "loop:reported_loss": "the loss a trainer reports per optimizer step (spec §10.4)",
 }
-"""The capability names of chapter 10, name → one-line description."""
+"""The capability names of chapter 10, name → one-line description (registered in
+``reference.capabilities.VOCABULARY`` at import)."""
+for _name, _description in LOOP_FEATURES.items():
+    register(_name, _description)
 
 CLIP_EPSILON = 1e-6
 """The largest ε a conforming clip may add to the norm, φ = min(1, C/(‖g‖ + ε)), when the backend

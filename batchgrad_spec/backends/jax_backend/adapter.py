@@ -30,6 +30,7 @@ from reference.batch import Batch
 from reference.capabilities import DEFAULT_CAPABILITIES, KnownDeviation
 from reference.contract import Config
 from reference.layers import STRUCTURED
+from reference.loop import LOOP_FEATURES
 from reference.problem import Problem
 from reference.types import Grads, Undefined
 
@@ -77,8 +78,9 @@ class JaxBackend:
     def capabilities(self) -> frozenset[str]:
         """The 0.2.0 vocabulary: every layer type of ``layers.LAYERS``, every activation, loss
         with its options, reduction, and sequences with masks (spec §8.6), and the layers of chapter
-        9 (``reference.layers.STRUCTURED``)."""
-        return DEFAULT_CAPABILITIES | STRUCTURED
+        9 (``reference.layers.STRUCTURED``) and the training-loop features of chapter 10
+        (``train_loop``)."""
+        return DEFAULT_CAPABILITIES | STRUCTURED | frozenset(LOOP_FEATURES)
 
     def known_deviations(self) -> tuple[KnownDeviation, ...]:
         """float64 attention: ``jax.nn.dot_product_attention`` computes its softmax in float32

@@ -13,6 +13,7 @@ from reference.batch import Batch
 from reference.capabilities import DEFAULT_CAPABILITIES
 from reference.contract import Config
 from reference.layers import STRUCTURED
+from reference.loop import LOOP_FEATURES
 from reference.problem import Problem
 from reference.types import Grads
 
@@ -43,8 +44,9 @@ class TorchBackend:
     def capabilities(self) -> frozenset[str]:
         """The 0.2.0 vocabulary: every layer type of ``modules._BUILDERS``, every activation,
         loss with its options, reduction, and sequences with masks (spec §8.6), and the layers
-        of chapter 9 (``reference.layers.STRUCTURED``)."""
-        return DEFAULT_CAPABILITIES | STRUCTURED
+        of chapter 9 (``reference.layers.STRUCTURED``) and the training-loop features of chapter 10
+        (``train_loop``)."""
+        return DEFAULT_CAPABILITIES | STRUCTURED | frozenset(LOOP_FEATURES)
 
     def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
         return training.loss_and_grad(problem, config)
