@@ -165,7 +165,15 @@ class AutogradBackend:
     def per_example_methods(self) -> Sequence[str]:
         return ("vmap", "loop")
 
-    @staticmethod
+    def capabilities(self) -> tuple[str, ...]:
+        """What this adapter implements (spec §8.6): Dense layers, the seven activations of
+        ``ACTIVATIONS``, squared error and cross-entropy without options, the four reductions
+        of ``reduce``. The suite draws nothing else for it and skips what needs more."""
+        return ("layer:dense", *(f"activation:{a}" for a in ACTIVATIONS),
+                "loss:squared_error", "loss:softmax_cross_entropy",
+                "reduction:mean", "reduction:sum", "reduction:weighted",
+                "reduction:weighted_mean")
+
     def _dtype(config: Config) -> np.dtype:
         if config.device != "cpu" or config.precision != "strict":
             raise ValueError(f"autograd backend: computes on cpu in strict IEEE arithmetic, "

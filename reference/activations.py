@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .capabilities import register
 from .numerics import R, Rounding
 from .ops import (
     ACTIVATIONS,
@@ -27,13 +28,26 @@ from .ops import (
 from .types import Array, Grads, ProblemError, Site
 from .unit import LayerUnit
 
-__all__ = ["ACTIVATION_NAMES", "CORE_ACTIVATIONS", "CURVATURE", "KINKS", "Activation",
-           "activation"]
+__all__ = ["ACTIVATION_FEATURES", "ACTIVATION_NAMES", "CORE_ACTIVATIONS", "CURVATURE", "KINKS",
+           "Activation", "activation"]
 
 ACTIVATION_NAMES = ("identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "gelu_tanh",
                     "leaky_relu", "elu")
 CORE_ACTIVATIONS = ACTIVATION_NAMES[:7]
 """The chapter-2 activations (spec 0.1.0): what the default strategies draw."""
+
+ACTIVATION_FEATURES = {name: register(f"activation:{name}", f"Activation({name!r}): {what}")
+                       for name, what in (
+    ("identity", "σ(z) = z (§1.5)"),
+    ("relu", "σ(z) = max(z, 0), slope 0 at z = 0 (§1.5, §2.9)"),
+    ("tanh", "σ(z) = tanh z (§1.5)"),
+    ("sigmoid", "σ(z) = 1/(1 + e^{−z}) (§1.5)"),
+    ("softplus", "σ(z) = log(1 + e^z) (§1.5)"),
+    ("gelu", "σ(z) = ½z(1 + erf(z/√2)), the exact GELU (§1.5)"),
+    ("gelu_tanh", "σ(z) = ½z(1 + tanh(√(2/π)(z + 0.044715z³))), the tanh GELU (§1.5)"),
+    ("leaky_relu", "σ(z) = z (z > 0), 0.01z otherwise, slope 0.01 at 0 (§4.6)"),
+    ("elu", "σ(z) = z (z > 0), e^z − 1 otherwise, α = 1 (§4.6)"))}
+"""Activation name → its capability name ``activation:<name>`` (spec §8.6)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,9 @@ class Activation(LayerUnit):
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
+
+    def features(self) -> frozenset[str]:
+        return frozenset({ACTIVATION_FEATURES[self.name]})
 
     # -- its rules (the layer contract: ``reference.unit``) -------------------------------------
     def forward(self, a: Array, site: Site) -> tuple[Array, None]:

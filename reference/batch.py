@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Batch", "array_repr"]
+from .capabilities import register
+
+__all__ = ["MASK", "SEQUENCE", "Batch", "array_repr"]
+
+SEQUENCE = register("input:sequence", "sequence batches: inputs (N, T, d), one prediction per "
+                    "token, ℓ_i summed over the valid tokens (§3.7)")
+MASK = register("input:mask", "batch.mask (N, T) bool of a sequence batch: which tokens count "
+                "(§3.7)")
 
 
 def array_repr(a: np.ndarray) -> str:
@@ -55,6 +62,12 @@ class Batch:
     def sequence(self) -> bool:
         """True for (N, T, d) inputs: one prediction per token (spec §3.7)."""
         return self.inputs.ndim == 3
+
+    def features(self) -> frozenset[str]:
+        """``input:sequence`` for (N, T, d) inputs, ``input:mask`` when a mask is given (the
+        data of a loss, reduction or layer comes with that unit's own name)."""
+        return frozenset(([SEQUENCE] if self.sequence else [])
+                         + ([MASK] if self.mask is not None else []))
 
     @property
     def token_mask(self) -> np.ndarray:

@@ -13,6 +13,9 @@ computes with its framework's own autodiff:
     accumulate(problem, config, plan, method) -> {name: G}   OPTIONAL: gradient accumulation
                                           over micro-batches (spec §5.1–§5.5); ``method`` one of
                                           ``accumulation_methods()`` (default ("sum",))
+    capabilities()  -> iterable of names  OPTIONAL: the features it supports (spec §8.6,
+                                          ``reference.capabilities``); default: the 0.2.0 set
+    known_deviations() -> KnownDeviations OPTIONAL: deviations by clause and feature (§8.7)
 
 ``per_example`` returns g_i itself, not g_i/N (spec §1.4). ``method`` is one of the backend's
 ``per_example_methods()``, at least "vmap" (vectorised) and "loop" (one example at a time).
@@ -34,12 +37,13 @@ import numpy as np
 
 from .accumulation import micro_batches
 from .batch import Batch
+from .capabilities import capabilities_of, known_deviations_of
 from .problem import DTYPES, Problem
-from .types import Grads, Undefined
+from .types import BackendError, Grads, Undefined
 
 __all__ = [  # Undefined is defined with the other exceptions (types.py) and raised by backends
     "CONTRACT", "OPTIONAL", "Backend", "BackendError", "Config", "Undefined",
-    "accumulation_methods", "checked_accumulate", "checked_loss_and_grad",
+    "accumulation_methods", "capabilities_of", "checked_accumulate", "checked_loss_and_grad",
     "checked_per_example", "checked_train", "copy_batch", "implements", "load_backend",
 ]
 
@@ -62,7 +66,12 @@ class Config:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What a framework adapter implements. See the module docstring and spec chapter 8."""
+    """What a framework adapter implements. See the module docstring and spec chapter 8.
+
+    Optional methods (``OPTIONAL``, not part of this protocol's isinstance check): ``train``,
+    ``accumulate``, ``capabilities() -> Iterable[str]`` (names of ``reference.capabilities.
+    VOCABULARY``; read with ``capabilities_of``) and ``known_deviations()`` (``reference.
+    capabilities.KnownDeviation`` entries)."""
 
     name: str
 
@@ -95,15 +104,6 @@ class Backend(Protocol):
 
 CONTRACT = ("name", "versions", "devices", "dtypes", "per_example_methods", "loss_and_grad",
             "per_example")
-
-
-class BackendError(Exception):
-    """A backend could not be loaded, or broke the contract. The message says what to fix.
-
-    ``call`` is "loss_and_grad" or "per_example" when the error came from that call.
-    """
-
-    call: str | None = None
 
 
 def _resolve(spec: str, builtins: Mapping[str, str]) -> Any:
@@ -150,6 +150,7 @@ def load_backend(spec: str, builtins: Mapping[str, str] | None = None) -> Backen
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         raise BackendError(f"backend {spec!r}: dtypes() returned {dtypes}; allowed: {DTYPES}")
+    capabilities_of(obj), known_deviations_of(obj)  # a declaration is checked when loaded (§8.6)
     return cast(Backend, obj)
 
 
@@ -287,8 +288,10 @@ def checked_per_example(backend: Backend, problem: Problem, config: Config,
 
 
 # -- the optional update step (spec chapter 6) ----------------------------------------------------
-OPTIONAL = ("train", "accumulate")
-"""Optional contract methods: a backend without one skips the clauses that need it."""
+OPTIONAL = ("train", "accumulate", "capabilities", "known_deviations")
+"""Optional contract methods: a backend without train/accumulate skips the clauses that need
+them; without capabilities() it is assumed to support ``DEFAULT_CAPABILITIES`` (spec §8.6);
+without known_deviations() it declares none (§8.7)."""
 
 
 def implements(backend: Backend, method: str) -> bool:

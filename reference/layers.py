@@ -15,6 +15,7 @@ import numpy as np
 
 from .activations import Activation
 from .batch import Batch
+from .capabilities import register
 from .norms import BatchNorm, LayerNorm
 from .numerics import R, Rounding, gamma
 from .ops import dense, dropout, vjp_dense_input
@@ -22,6 +23,11 @@ from .types import Array, Grads, ProblemError, Site
 from .unit import LayerUnit
 
 __all__ = ["NORMS", "Dense", "Dropout", "Layer", "Network"]
+
+DENSE = register("layer:dense", "Dense(in_features, out_features, bias): z = a Wᵀ + b, "
+                 "weight (out, in), bias optional (§1.1)")
+DROPOUT = register("layer:dropout", "Dropout(p): a ⊙ m / (1 − p), keep-mask m given as data "
+                   "in batch.dropout[k] (§4.5)")
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ class Dense(LayerUnit):
 
     def out_width(self, width: int) -> int:
         return self.out_features
+
+    def features(self) -> frozenset[str]:
+        return frozenset({DENSE})
 
     def forward(self, a: Array, site: Site) -> tuple[Array, None]:
         bias = site.param("bias") if self.bias else None
@@ -112,6 +121,9 @@ class Dropout(LayerUnit):
         if m is None or m.shape != shape or not np.all((m == 0) | (m == 1)):
             raise ProblemError(f"Dropout at layer {k} needs batch.dropout[{k}], a 0/1 "
                                f"keep-mask of shape {shape}")
+
+    def features(self) -> frozenset[str]:
+        return frozenset({DROPOUT})
 
     def forward(self, a: Array, site: Site) -> tuple[Array, None]:
         assert site.keep is not None
@@ -190,6 +202,10 @@ class Network:
     def couples_examples(self) -> bool:
         """True when a train-mode BatchNorm makes ℓ_i depend on the other examples (§4.2)."""
         return any(layer.couples_examples for layer in self.layers)
+
+    def features(self) -> frozenset[str]:
+        """The capability names its layers use (spec §8.6)."""
+        return frozenset().union(*(layer.unit_features() for layer in self.layers))
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """{``k.name``: shape} of every parameter, in layer order (a fresh dict)."""

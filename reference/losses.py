@@ -15,12 +15,15 @@ import numpy as np
 
 from .activations import activation
 from .batch import Batch
+from .capabilities import register
 from .numerics import R, Rounding, gamma
 from .ops import sigmoid, smoothed_targets
 from .types import ProblemError
 
 __all__ = [
-    "CORE_LOSSES", "CORE_REDUCTIONS", "ELEMENTWISE_LOSSES", "LOSS_NAMES", "REDUCTION_NAMES",
+    "CLASS_WEIGHTS", "CORE_LOSSES", "CORE_REDUCTIONS", "ELEMENTWISE_LOSSES", "IGNORE_INDEX",
+    "LABEL_SMOOTHING", "LOSS_FEATURES", "LOSS_NAMES", "REDUCTION_FEATURES", "REDUCTION_NAMES",
+    "SOFT_TARGETS",
     "Loss", "Reduction", "coefficient_error", "cotangent_factors", "loss_bound", "rows",
 ]
 
@@ -33,6 +36,35 @@ CORE_REDUCTIONS = REDUCTION_NAMES[:4]
 in to the rest."""
 ELEMENTWISE_LOSSES = ("squared_error", "bce_with_logits", "huber", "gaussian_nll")
 """Losses applied to each of the D outputs and averaged over them: targets are float (·, D)."""
+
+
+LOSS_FEATURES = {name: register(f"loss:{name}", what) for name, what in (
+    ("squared_error", "Loss('squared_error'): ℓ = (1/D) Σ_d (f_d − y_d)², float targets (N, D) "
+                      "(§1.1, §3.2)"),
+    ("softmax_cross_entropy", "Loss('softmax_cross_entropy'): −log softmax(f)_y, int labels "
+                              "(N,) in [0, C) (§1.1)"),
+    ("bce_with_logits", "Loss('bce_with_logits'): binary cross-entropy on logits, targets in "
+                        "[0, 1] (§3.8)"),
+    ("huber", "Loss('huber', delta=δ): ½r² for |r| ≤ δ, δ(|r| − ½δ) otherwise (§3.8)"),
+    ("gaussian_nll", "Loss('gaussian_nll'): ½(log v + r²/v), variances v in batch.variances "
+                     "(§3.8)"))}
+"""Loss name → its capability name ``loss:<name>`` (spec §8.6)."""
+CLASS_WEIGHTS = register("loss:class_weights", "cross-entropy with class weights w_k "
+                         "(Loss.class_weights); a mean divides by Σ w_{y_i} (§3.3)")
+IGNORE_INDEX = register("loss:ignore_index", "cross-entropy with Loss.ignore_index: rows whose "
+                        "label equals it count 0, also in a mean's count (§3.4)")
+LABEL_SMOOTHING = register("loss:label_smoothing", "cross-entropy with Loss.label_smoothing ε: "
+                           "targets (1 − ε) q + ε/C (§3.5)")
+SOFT_TARGETS = register("loss:soft_targets", "cross-entropy with float probability targets "
+                        "(N, C) instead of int labels (§3.6)")
+REDUCTION_FEATURES = {name: register(f"reduction:{name}", what) for name, what in (
+    ("mean", "Reduction('mean'): L = Σ ℓ_i / Σ ω_i (§1.2, §3.1)"),
+    ("sum", "Reduction('sum'): L = Σ ℓ_i (§1.2)"),
+    ("weighted", "Reduction('weighted'): L = Σ c_i ℓ_i, c_i in batch.weights, any sign (§2.3)"),
+    ("weighted_mean", "Reduction('weighted_mean'): L = Σ c_i ℓ_i / Σ c_i, batch.weights (§2.4)"),
+    ("sequence_mean", "Reduction('sequence_mean'): L = (1/N) Σ_i ℓ_i / T_i over sequences "
+                      "(§3.7)"))}
+"""Reduction name → its capability name ``reduction:<name>`` (spec §8.6)."""
 
 
 def rows(x: np.ndarray, lead: int) -> np.ndarray:
@@ -84,6 +116,17 @@ class Loss:
     def elementwise(self) -> bool:
         return self.name in ELEMENTWISE_LOSSES
 
+    def features(self) -> frozenset[str]:
+        """``loss:<name>`` and its options (soft targets are the batch's: ``Problem.features``)."""
+        out = {LOSS_FEATURES[self.name]}
+        if self.class_weights is not None:
+            out.add(CLASS_WEIGHTS)
+        if self.ignore_index is not None:
+            out.add(IGNORE_INDEX)
+        if self.label_smoothing:
+            out.add(LABEL_SMOOTHING)
+        return frozenset(out)
+
     def __repr__(self) -> str:
         extra = ""
         if self.class_weights is not None:
@@ -118,6 +161,9 @@ class Reduction:
     @property
     def weighted(self) -> bool:
         return self.name in ("weighted", "weighted_mean")
+
+    def features(self) -> frozenset[str]:
+        return frozenset({REDUCTION_FEATURES[self.name]})
 
     def coefficients(self, counts: np.ndarray, weights: np.ndarray | None,
                      tokens: np.ndarray | None = None) -> np.ndarray:

@@ -14,12 +14,21 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .capabilities import register
 from .numerics import R, Rounding, gamma
 from .ops import affine, normalize, standardize, vjp_normalize
 from .types import Array, Grads, ProblemError, Site
 from .unit import LayerUnit
 
 __all__ = ["NORM_EPS", "BatchNorm", "LayerNorm", "NormRounding"]
+
+LAYERNORM = register("layer:layernorm", "LayerNorm(features): per-example normalisation over "
+                     "the features, affine γ, β; ε = 1e-5 (§4.1)")
+BATCHNORM = register("layer:batchnorm", "BatchNorm(features, training=False, running_mean, "
+                     "running_var): eval mode, the given running statistics (§4.4)")
+BATCHNORM_TRAIN = register("layer:batchnorm_train", "BatchNorm(features): train mode, the "
+                           "batch's own biased statistics; couples the examples, per_example "
+                           "raises Undefined (§4.2, §4.3); implies layer:batchnorm")
 
 
 class _Norm(LayerUnit):
@@ -92,6 +101,9 @@ class LayerNorm(_Norm):
     def __repr__(self) -> str:
         return f"LayerNorm({self.features})"
 
+    def unit_features(self) -> frozenset[str]:  # ``features`` is the width (spec 0.2.0)
+        return frozenset({LAYERNORM})
+
     @property
     def axis(self) -> int | None:
         return -1
@@ -140,6 +152,9 @@ class BatchNorm(_Norm):
     def couples_examples(self) -> bool:
         """Train mode: ℓ_i depends on the other examples (§4.2)."""
         return self.training
+
+    def unit_features(self) -> frozenset[str]:  # ``features`` is the width (spec 0.2.0)
+        return frozenset({BATCHNORM, BATCHNORM_TRAIN} if self.training else {BATCHNORM})
 
     @property
     def takes_sequences(self) -> bool:

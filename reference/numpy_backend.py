@@ -13,6 +13,7 @@ import numpy as np
 
 from .accumulation import ACCUMULATORS, Accumulation, accumulate
 from .batch import Batch
+from .capabilities import REQUESTS, VOCABULARY
 from .contract import Config
 from .grads import batch_grad, per_example_grads
 from .problem import Problem
@@ -36,6 +37,10 @@ class NumpyBackend:
 
     def per_example_methods(self) -> Sequence[str]:
         return ("vmap", "loop")
+
+    def capabilities(self) -> frozenset[str]:
+        """Every feature the reference registers (it is the reference), no request (§8.6)."""
+        return frozenset(VOCABULARY) - REQUESTS
 
     def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
         return batch_grad(problem, np.dtype(config.dtype))

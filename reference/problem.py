@@ -34,7 +34,7 @@ import numpy as np
 
 from .batch import Batch, array_repr
 from .layers import Network
-from .losses import Loss, Reduction
+from .losses import SOFT_TARGETS, Loss, Reduction
 from .types import Params, ProblemError
 
 __all__ = ["DTYPES", "Problem"]
@@ -136,6 +136,13 @@ class Problem:
         if np.any(live < 0) or np.any(live >= out):
             raise ProblemError(f"labels must lie in [0, {out}) (or equal ignore_index), got "
                                f"{t.tolist()}")
+
+    def features(self) -> frozenset[str]:
+        """The capability names the problem uses (spec §8.6): those of its layers, loss,
+        reduction and batch, and ``loss:soft_targets`` for float cross-entropy targets."""
+        soft = self.loss.name == "softmax_cross_entropy" and self.batch.targets.dtype.kind == "f"
+        return (self.network.features() | self.loss.features() | self.reduction.features()
+                | self.batch.features() | ({SOFT_TARGETS} if soft else set()))
 
     @property
     def tokens(self) -> np.ndarray | None:

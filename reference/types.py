@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Array", "DType", "Grads", "Params", "ProblemError", "Site",
+__all__ = ["Array", "BackendError", "DType", "Grads", "Params", "ProblemError", "Site",
            "Undefined"]
 
 Array = np.ndarray
@@ -22,6 +22,16 @@ DType = type[np.floating] | np.dtype
 
 class ProblemError(ValueError):
     """A problem description that contradicts itself (shapes, names, label ranges)."""
+
+
+class BackendError(Exception):
+    """A backend could not be loaded, or broke the contract. The message says what to fix.
+
+    ``call`` is "loss_and_grad" or "per_example" when the error came from that call. Defined here
+    (and re-exported by ``reference.contract``) so that ``reference.capabilities`` can raise it.
+    """
+
+    call: str | None = None
 
 
 class Undefined(Exception):

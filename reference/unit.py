@@ -12,6 +12,9 @@ iterate over the layers:
     check_data(k, batch, lead, width)   raises ProblemError when the batch lacks its data
     rounded(dtype)          the layer with its own data rounded to dtype (``Problem.rounded``)
     couples_examples        whether ℓ_i depends on the other examples through it (§4.2)
+    features()              the capability names it uses (``reference.capabilities``, §8.6);
+                            read through ``unit_features()``, which the norms override instead
+                            (their width field is called ``features``, spec 0.2.0)
     forward(a, site)        (output, saved): its value on a batch, and what its backward needs
     backward(g, a, out, saved, site, rule, need_input)
                             ({local name: gradient}, input cotangent): its VJP; ``rule`` turns a
@@ -68,6 +71,12 @@ class LayerUnit:
 
     def rounded(self, dtype: str) -> Any:
         return self
+
+    def unit_features(self) -> frozenset[str]:
+        """The capability names this layer uses (spec §8.6), what callers read: the layer
+        type's own ``features()`` method (LayerNorm and BatchNorm override this instead, since
+        their field ``features`` is their width)."""
+        return self.features()  # type: ignore[attr-defined]
 
     def forward(self, a: Array, site: Site) -> tuple[Array, Any]:
         raise NotImplementedError

@@ -17,6 +17,8 @@ gets one thing wrong. Rooms, one concern each (``base`` under all of them):
 * ``layers``        chapter 4's BatchNorm and leaky_relu (§4.2, §4.3, §4.6)
 * ``accumulation``  chapter 5's gradient accumulation (§5.1–§5.4)
 * ``update``        chapter 6's update steps (§6.1, §6.2, §6.6)
+* ``capabilities``  declarations: a subset, a misspelt name, a deviation confined to one feature
+  (§8.6, §8.7)
 * ``gallery``       ``Bug``, ``GALLERY``, ``PENDING``: which property catches which classic bug
 
 Every name of these modules is an attribute of this package, whichever module defines it: when a
@@ -36,7 +38,7 @@ import importlib
 from typing import Any
 
 _MODULES = ("gallery", "reductions", "per_example", "operations", "precision", "contract",
-            "losses", "layers", "accumulation", "update", "base")
+            "losses", "layers", "accumulation", "update", "capabilities", "base")
 """The modules whose names this package resolves, searched in this order."""
 
 _MISSING = object()

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from reference.batch import Batch
+from reference.capabilities import DEFAULT_CAPABILITIES
 from reference.contract import Config
 from reference.problem import Problem
 from reference.types import Grads, Undefined
@@ -70,6 +71,11 @@ class JaxBackend:
 
     def per_example_methods(self) -> Sequence[str]:
         return ("vmap", "loop")
+
+    def capabilities(self) -> frozenset[str]:
+        """The 0.2.0 vocabulary: every layer type of ``layers.LAYERS``, every activation, loss
+        with its options, reduction, and sequences with masks (spec §8.6)."""
+        return DEFAULT_CAPABILITIES
 
     @staticmethod
     def trace_counts() -> dict[str, int]:

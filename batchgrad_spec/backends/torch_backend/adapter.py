@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from reference.batch import Batch
+from reference.capabilities import DEFAULT_CAPABILITIES
 from reference.contract import Config
 from reference.problem import Problem
 from reference.types import Grads
@@ -34,6 +35,11 @@ class TorchBackend:
 
     def per_example_methods(self) -> Sequence[str]:
         return tuple(_per_example.METHODS)
+
+    def capabilities(self) -> frozenset[str]:
+        """The 0.2.0 vocabulary: every layer type of ``modules._BUILDERS``, every activation,
+        loss with its options, reduction, and sequences with masks (spec §8.6)."""
+        return DEFAULT_CAPABILITIES
 
     def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
         return training.loss_and_grad(problem, config)
