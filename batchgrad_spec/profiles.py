@@ -1,4 +1,5 @@
-"""The Hypothesis profiles of the suite: ``dev``, ``ci`` and ``thorough``.
+"""The Hypothesis profiles of the suite: ``dev``, ``ci``, ``thorough`` and ``frameworks`` (4
+examples, derandomized: the CI profile of the slow framework envs).
 
 Importing this module only registers them (a library user's own loaded profile is left alone).
 The pytest plugin calls ``load_default()``: ``dev``, or ``ci`` when the environment variable
@@ -20,6 +21,11 @@ _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
 settings.register_profile("dev", max_examples=20, derandomize=False, **_common)
 settings.register_profile("ci", max_examples=100, derandomize=True, print_blob=True, **_common)
 settings.register_profile("thorough", max_examples=1000, derandomize=False, **_common)
+# the framework envs with a high cost per call (TensorFlow: a Keras model and a retraced
+# tf.vectorized_map per call, about 1 example/s; tinygrad: kernel compiles) run this profile in
+# CI to fit the 3-minute budget of an added env; tox.ini says so per env, with the full command
+settings.register_profile("frameworks", max_examples=4, derandomize=True, print_blob=True,
+                          **_common)
 
 
 def load_default() -> None:

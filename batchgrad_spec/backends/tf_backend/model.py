@@ -119,7 +119,8 @@ class KerasNet:
         return a
 
     def as_params(self, tensors: list[Any]) -> dict[str, np.ndarray]:
-        """Gradients or values of ``variables`` (with or without a leading example axis) as {problem name: array in the problem layout}."""
+        """Gradients or values of ``variables`` (with or without a leading example axis) as
+        {problem name: array in the problem's layout}."""
         out = {}
         for name, t in zip(self.names, tensors, strict=True):
             a = np.asarray(t)

@@ -7,7 +7,9 @@ accumulation by summing the tapes' gradients into variables over micro-batches (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -22,7 +24,30 @@ from reference.types import Grads, Undefined
 from .losses import per_example_loss, reduced_loss, targets, unsupported
 from .model import KerasNet, build, train_mode_batchnorm
 
-__all__ = ["METHODS", "accumulate", "keras_optimizer", "loss_and_grad", "per_example", "train"]
+__all__ = ["METHODS", "accumulate", "floatx", "keras_optimizer", "loss_and_grad", "per_example",
+           "train"]
+
+
+@contextlib.contextmanager
+def floatx(dtype: str) -> Iterator[None]:
+    """``keras.config.set_floatx(dtype)`` for the duration: the documented way to train Keras in
+    float64. Without it a Keras optimiser keeps its learning rate (and a loss its computation)
+    in float32 variables, so a float64 SGD step uses fl32(η) (spec §6.1 fails at ratios ~1e5)."""
+    before = keras.config.floatx()
+    keras.config.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(before)
+
+
+def _in_floatx(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def run(problem: Problem, config: Config, *args: Any) -> Any:
+        with floatx(config.dtype):
+            return fn(problem, config, *args)
+
+    return run
 
 
 def check(problem: Problem, config: Config) -> str:
@@ -66,6 +91,7 @@ def _loss(problem: Problem, net: KerasNet, d: dict[str, Any], dtype: str) -> tf.
     return reduced_loss(problem, out, d["y"], d.get("s"), d.get("c"), dtype)
 
 
+@_in_floatx
 def loss_and_grad(problem: Problem, config: Config) -> tuple[float, Grads]:
     """L and ∇L: the reduced Keras loss of the whole batch under one ``tf.GradientTape``."""
     dtype = check(problem, config)
@@ -109,6 +135,7 @@ def _loop(problem: Problem, net: KerasNet, d: dict[str, Any], dtype: str) -> tup
 METHODS = {"vmap": _vmap, "loop": _loop}
 
 
+@_in_floatx
 def per_example(problem: Problem, config: Config, method: str) -> tuple[np.ndarray, Grads]:
     """(ℓ_i, g_i) of every example by ``method``; Undefined through a train-mode BatchNorm."""
     if method not in METHODS:
@@ -126,6 +153,7 @@ def per_example(problem: Problem, config: Config, method: str) -> tuple[np.ndarr
     return np.asarray(losses), net.as_params(list(grads))
 
 
+@_in_floatx
 def accumulate(problem: Problem, config: Config, plan: Any, method: str = "sum") -> Grads:
     """Gradient accumulation as TensorFlow custom training loops write it: one tape per
     micro-batch k of the plan, differentiating ``loss_k * s_k + t_k * (l2 / 2) * Σ‖v‖²`` at the
@@ -166,6 +194,7 @@ def keras_optimizer(opt: Any) -> keras.optimizers.Optimizer:
                                   weight_decay=opt.weight_decay)
 
 
+@_in_floatx
 def train(problem: Problem, config: Config, optimizer: Any, batches: Sequence[Batch]) -> Grads:
     """One ``apply_gradients`` of the Keras optimiser per batch, from ``problem.params``: a tape
     over the batch's reduced loss (plus (λ/2)‖θ‖² for the L2 of "sgd" and "adam"); the final
