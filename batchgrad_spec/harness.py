@@ -33,6 +33,7 @@ from reference.problem import Problem
 from reference.types import Grads
 
 from . import stats
+from .declared import Plan, admit
 from .resources import SPEC
 
 BUILTINS: dict[str, str] = {
@@ -84,6 +85,11 @@ class Target:
     config: Config
     clause: str = ""
     method: str | None = None
+    deviation: str | None = None
+    """The feature of a known deviation from the clause (spec §8.7): this target is its strict
+    variant, drawing only problems with that feature."""
+    plan: Plan | None = field(default=None, compare=False, repr=False)
+    """What its tests may draw (``declared.Plan``; set by the plugin, None: all it declares)."""
 
     @property
     def id(self) -> str:
@@ -92,13 +98,17 @@ class Target:
             parts.append(self.config.precision)
         if self.method:
             parts.append(self.method)
+        if self.deviation:
+            parts.append(f"deviates-{self.deviation.replace(':', '.')}")
         return "-".join(parts)
 
     def describe(self) -> str:
         versions = ", ".join(f"{k} {v}" for k, v in self.backend.versions().items())
         method = f"  method={self.method}" if self.method else ""
+        dev = (f"  known deviation: {self.deviation} (its strict variant, §8.7)"
+               if self.deviation else "")
         return (f"backend={self.backend.name} ({versions})  device={self.config.device}  "
-                f"dtype={self.config.dtype}  precision={self.config.precision}{method}")
+                f"dtype={self.config.dtype}  precision={self.config.precision}{method}{dev}")
 
 
 class ClauseFailure(AssertionError):
@@ -171,6 +181,7 @@ class Check:
         self._call_of: dict[int, str] = {}  # id of a returned value → the expression that made it
 
     def __enter__(self) -> Check:
+        admit(self.target, self.problem)  # only what the backend declares (spec §8.6, §8.7)
         stats.count_example(self.target)
         return self
 
@@ -187,6 +198,8 @@ class Check:
     # that was made instead of a string typed beside it.
     def loss_and_grad(self, problem: Problem | None = None, *,
                       expr: str = "problem") -> tuple[float, Grads]:
+        if problem is not None:
+            admit(self.target, problem)
         out = checked_loss_and_grad(self.target.backend, problem or self.problem,
                                     self.target.config)
         return self._remember(out, f"checked_loss_and_grad(backend, {expr}, config)")
@@ -195,6 +208,8 @@ class Check:
                     expr: str = "problem") -> tuple[np.ndarray, Grads]:
         m = method or self.target.method
         assert m is not None, "this test is not parametrised by method; pass method="
+        if problem is not None:
+            admit(self.target, problem)
         out = checked_per_example(self.target.backend, problem or self.problem,
                                   self.target.config, m)
         how = "method" if m == self.target.method else repr(m)

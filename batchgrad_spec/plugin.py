@@ -11,12 +11,19 @@ Options::
     --conformance-report PATH           write a JSON record and a Markdown table
                                         (batchgrad_spec/report/)
     --xfails-file PATH                  known deviations: `PATTERN  # §C.N reason` per line
+                                        (`PATTERN feature=NAME  # §C.N reason`: spec §8.7)
+    --shape-buckets                     draw sizes from a few buckets (slow frameworks, §8.6)
 
 A test that takes an argument ``target`` is run once per backend × device × dtype (× per-example
 method when it also takes ``method``); it must carry ``@pytest.mark.clause("C.N")``. A device
 that is absent here (a built-in's accelerator, or one named with ``--device``) still gets its
 tests, skipped: the run header says once, per device, how many; the short test summary does not
 list them one by one; the conformance report shows them as ``skip`` cells.
+
+A test draws only the features its backend declares (spec §8.6): each test call runs inside the
+draw context of its target's plan (``batchgrad_spec.declared``); a known deviation confined to a
+feature (§8.7) leaves the feature out of the clause's tests and adds to each a strict-xfail
+variant drawing only problems with it (test id ending in ``-deviates-<feature>``).
 
 The session's backends and settings are read from ``batchgrad_spec.session``, the examples and
 ratios the checks counted from ``batchgrad_spec.stats``.
@@ -28,11 +35,13 @@ import platform
 from collections.abc import Iterator
 
 import pytest
+from hypothesis.errors import FailedHealthCheck, Unsatisfiable
 
+from reference.capabilities import known_deviations_of
 from reference.contract import Config
 from reference.problem import DTYPES
 
-from . import harness, profiles, session, stats
+from . import declared, harness, profiles, session, stats
 from .report.record import seed_text
 
 __all__ = ["ACCELERATORS", "targets"]
@@ -61,7 +70,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "and a Markdown table next to it (PATH with suffix .md); spec §8.5")
     g.addoption("--xfails-file", metavar="PATH", default=None,
                 help="known backend deviations: per line a node-id pattern (* wildcards) and "
-                     "`# §C.N reason`; 'skip PATTERN # ...' skips instead of xfail; spec §8.5")
+                     "`# §C.N reason`; 'skip PATTERN # ...' skips instead of xfail; spec §8.5; "
+                     "`PATTERN feature=NAME [dtype=D] [device=V]  # §C.N reason` confines it "
+                     "to a feature, spec §8.7")
+    g.addoption("--shape-buckets", action="store_true", default=False,
+                help="draw batch sizes, widths and sequence lengths from a few buckets (powers "
+                     "of two) so that a compile-per-shape framework reuses its kernels; what "
+                     "the capability shapes:bucketed asks for (spec §8.6)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -76,10 +91,13 @@ ACCELERATORS = {"torch": "cuda", "jax": "gpu"}
 """The accelerator device of each built-in backend: when it is absent its tests are still
 generated and skipped, so that a CPU-only run says what it did not check."""
 
-def targets(config: pytest.Config, clause: str,
-            with_method: bool) -> list[tuple[harness.Target, str | None]]:
-    """(target, reason it is skipped or None) for every backend × device × dtype (× method)."""
+def targets(config: pytest.Config, clause: str, with_method: bool, clauses: tuple[str, ...] = (),
+            nodeid: str = "") -> list[tuple[harness.Target, str | None]]:
+    """(target, reason it is skipped or None) for every backend × device × dtype (× method),
+    each with its draw plan, and the strict variants of the known deviations confined to a
+    feature that concern the test (``clauses``, ``nodeid``: spec §8.7)."""
     out = []
+    cited = clauses or (clause,)
     want_dev, want_dt = config.getoption("device"), config.getoption("dtype")
     for spec, b in session.selected_backends(config):
         present = list(b.devices())
@@ -97,7 +115,16 @@ def targets(config: pytest.Config, clause: str,
                     continue
                 cfg = Config(dev, dt, config.getoption("precision"))
                 methods = list(b.per_example_methods()) if with_method else [None]
-                out += [(harness.Target(spec, b, cfg, clause, m), absent) for m in methods]
+                for m in methods:
+                    t = harness.Target(spec, b, cfg, clause, m)
+                    devs = [d for d in list(known_deviations_of(b))
+                            + [d.known() for d in config.stash.get(session.FEATURE_DEVIATIONS, [])
+                               if d.matches(f"{nodeid}[{t.id}]")]
+                            if any(d.applies(c, dev, dt) for c in cited)]
+                    base, variants = declared.plans(b, devs, config.getoption("shape_buckets"))
+                    out.append((harness.Target(spec, b, cfg, clause, m, plan=base), absent))
+                    out += [(harness.Target(spec, b, cfg, clause, m, d.feature, plan), absent)
+                            for d, plan in variants]
     return out
 
 
@@ -109,9 +136,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"{metafunc.definition.nodeid} takes `target` but has no "
                                 f"@pytest.mark.clause(...)")
     with_method = "method" in metafunc.fixturenames
+    cited = tuple(str(a) for m in metafunc.definition.iter_markers("clause") for a in m.args)
     params = []
-    for t, absent in targets(metafunc.config, marker.args[0], with_method):
+    for t, absent in targets(metafunc.config, marker.args[0], with_method, cited,
+                             metafunc.definition.nodeid):
         marks = [pytest.mark.skip(reason=absent)] if absent else []
+        if t.deviation:  # the strict variant of a known deviation confined to a feature (§8.7)
+            marks.append(pytest.mark.xfail(strict=True, raises=harness.ClauseFailure, reason=(
+                f"§{t.clause} known deviation: {t.deviation} ({t.backend.name})")))
         values = (t, t.method) if with_method else (t,)
         params.append(pytest.param(*values, marks=marks, id=t.id))
     metafunc.parametrize(["target", "method"] if with_method else ["target"], params)
@@ -190,6 +222,28 @@ class AbsentDevices:
 _ABSENT = pytest.StashKey[AbsentDevices]()
 
 
+# -- the draw context of each test call (spec §8.6, §8.7) ---------------------------------------
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """Run the test inside its target's draw context; record what it left out (``stats``, and
+    on the item for the conformance report). A strict variant that cannot draw its feature at
+    all is skipped, not counted as the expected failure."""
+    t = session.item_target(item)
+    if t is None or t.plan is None:
+        return (yield)
+    ctx = t.plan.context()
+    try:
+        with declared.drawing(ctx):
+            return (yield)
+    except (Unsatisfiable, FailedHealthCheck):
+        if not ctx.required:
+            raise
+        pytest.skip(f"this test draws no problem with {', '.join(sorted(ctx.required))}")
+    finally:
+        stats.count_excluded(t, ctx.excluded)
+        item.stash[session.EXCLUDED] = ctx.excluded
+
+
 # -- the run statistics of each test item --------------------------------------------------------
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -236,3 +290,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for (b, dev, dt, prec), n in sorted(stats.expected_failures().items()):
         tr.write_line(f"(and {n} examples of expected failures — known deviations, not counted "
                       f"above: {b} {dev} {dt} {prec})")
+    for (b, dev, dt, prec), counts in sorted(stats.per_clause().items()):
+        fewest = min(counts, key=lambda c: (counts[c], c))
+        ordered = sorted(counts.values())
+        tr.write_line(f"examples per clause for {b} {dev} {dt} {prec}: fewest {counts[fewest]} "
+                      f"(§{fewest}), median {ordered[len(ordered) // 2]}, over {len(counts)} "
+                      f"clauses (the conformance report gives each)")
+    left: dict[stats.Column, set[str]] = {}
+    for (_, *col), features in stats.excluded().items():
+        left.setdefault(tuple(col), set()).update(features)  # type: ignore[arg-type]
+    for (b, dev, dt, prec), features in sorted(left.items()):
+        tr.write_line(f"not drawn for {b} {dev} {dt} {prec} (not declared or a known deviation, "
+                      f"spec §8.6): {', '.join(sorted(features))}")

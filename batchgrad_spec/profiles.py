@@ -1,5 +1,5 @@
-"""The Hypothesis profiles of the suite: ``dev``, ``ci``, ``thorough`` and ``frameworks`` (4
-examples, derandomized: the CI profile of the slow framework envs).
+"""The Hypothesis profiles of the suite: ``dev``, ``ci``, ``thorough``, ``certify-slow`` and
+``frameworks`` (4 examples, derandomized: the CI profile of the slowest framework envs).
 
 Importing this module only registers them (a library user's own loaded profile is left alone).
 The pytest plugin calls ``load_default()``: ``dev``, or ``ci`` when the environment variable
@@ -12,7 +12,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-__all__ = ["load_default"]
+__all__ = ["REDUCED", "load_default"]
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                      HealthCheck.data_too_large])
@@ -21,11 +21,22 @@ _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
 settings.register_profile("dev", max_examples=20, derandomize=False, **_common)
 settings.register_profile("ci", max_examples=100, derandomize=True, print_blob=True, **_common)
 settings.register_profile("thorough", max_examples=1000, derandomize=False, **_common)
+# a framework that needs 0.3-1.5 s per call (kernel compilation per shape): fewer examples,
+# derandomized like ci; with --shape-buckets (or the capability shapes:bucketed) the sizes come
+# from a few buckets so that kernels are reused (spec §8.6, Appendix A "Slow frameworks")
+settings.register_profile("certify-slow", max_examples=10, derandomize=True, print_blob=True,
+                          **_common)
 # the framework envs with a high cost per call (TensorFlow: a Keras model and a retraced
 # tf.vectorized_map per call, about 1 example/s; tinygrad: kernel compiles) run this profile in
 # CI to fit the 3-minute budget of an added env; tox.ini says so per env, with the full command
 settings.register_profile("frameworks", max_examples=4, derandomize=True, print_blob=True,
                           **_common)
+
+REDUCED = {"certify-slow": "a reduced certification for slow frameworks: 10 examples per test "
+                           "(ci: 100); fewer examples find fewer deviations (spec §8.6)",
+           "frameworks": "a reduced certification for the slowest framework envs: 4 examples "
+                         "per test (ci: 100); fewer examples find fewer deviations (spec §8.6)"}
+"""Profiles whose certificate is reduced, with what the report says about it."""
 
 
 def load_default() -> None:

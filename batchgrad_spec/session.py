@@ -14,13 +14,19 @@ from reference.contract import Backend, BackendError
 
 from . import harness, stats
 
-__all__ = ["BEFORE", "backends_environment", "item_key", "item_target", "load_backends",
+__all__ = ["BEFORE", "EXCLUDED", "FEATURE_DEVIATIONS", "backends_environment", "item_key",
+           "item_target", "load_backends",
            "run_settings", "selected_backends"]
 
 _BACKENDS = pytest.StashKey[list[tuple[str, Backend]]]()
 
 BEFORE = pytest.StashKey[tuple[stats.Key, stats.Stat | None]]()
 """A test item's statistics key and their snapshot when it was set up (``stats.snapshot``)."""
+FEATURE_DEVIATIONS = pytest.StashKey[list[Any]]()
+"""The xfails file's entries confined to a feature (spec §8.7): set by the report's hooks, read
+by the plugin when it generates the tests."""
+EXCLUDED = pytest.StashKey[set[str]]()
+"""The features a test item's strategies left out (spec §8.6): set by the plugin."""
 
 
 def load_backends(config: pytest.Config) -> None:

@@ -13,6 +13,9 @@ table: this module is its one owner.
   (:func:`expected_failures`), shown beside the summary.
 * Runs against deliberately wrong backends (the meta-tests, ``batchgrad_spec.catching``) happen
   inside :func:`preserved`, which restores the table afterwards.
+* The features a test's strategies left out because its backend does not declare them (or
+  deviates with them, spec §8.6, §8.7) are kept per key too (:func:`count_excluded`,
+  :func:`excluded`), for the run summary and the conformance report.
 * Under pytest-xdist every worker counts its own examples: :func:`export` is what a worker sends,
   :func:`merge` adds it on the controller.
 
@@ -28,9 +31,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Column", "Key", "Stat", "count_example", "count_failure", "count_ratio",
-           "expected_failures", "export", "key", "merge", "preserved", "set_aside", "since",
-           "snapshot", "totals"]
+__all__ = ["Column", "Key", "Stat", "count_example", "count_excluded", "count_failure",
+           "count_ratio", "excluded", "expected_failures", "export", "key", "merge", "per_clause",
+           "preserved",
+           "set_aside", "since", "snapshot", "totals"]
 
 Key = tuple[str, str, str, str, str]
 """(clause, backend, device, dtype, precision)"""
@@ -66,6 +70,7 @@ class Stat:
 
 _TABLE: dict[Key, Stat] = {}
 _EXPECTED: dict[Column, int] = {}  # examples of expected failures, per column
+_EXCLUDED: dict[Key, set[str]] = {}  # features not drawn for want of a declaration, per key
 
 
 def key(target: _Target) -> Key:
@@ -94,6 +99,13 @@ def count_ratio(target: _Target, ratio: float, what: str) -> None:
     s = _entry(target)
     if ratio > s.max_ratio:
         s.max_ratio, s.worst = ratio, what
+
+
+def count_excluded(target: _Target, features: set[str] | frozenset[str]) -> None:
+    """Features the strategies of a test on ``target`` did not draw: undeclared (§8.6) or
+    deviating (§8.7)."""
+    if features:
+        _EXCLUDED.setdefault(key(target), set()).update(features)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -128,6 +140,19 @@ def totals() -> dict[Column, Stat]:
     return per
 
 
+def per_clause() -> dict[Column, dict[str, int]]:
+    """Examples checked per clause, for each backend configuration."""
+    out: dict[Column, dict[str, int]] = {}
+    for (cid, *col), s in _TABLE.items():
+        out.setdefault(tuple(col), {})[cid] = s.examples  # type: ignore[index]
+    return out
+
+
+def excluded() -> dict[Key, set[str]]:
+    """The features not drawn, per key (a copy)."""
+    return {k: set(v) for k, v in _EXCLUDED.items()}
+
+
 def expected_failures() -> dict[Column, int]:
     """Examples run by tests that ended as expected failures, per backend configuration."""
     return dict(_EXPECTED)
@@ -152,7 +177,7 @@ def set_aside(k: Key, before: Stat | None) -> None:
 def preserved() -> Iterator[None]:
     """Whatever is counted inside the block is forgotten after it (runs against deliberately
     wrong backends, deliberately wrong comparisons)."""
-    saved, expected = copy.deepcopy(_TABLE), dict(_EXPECTED)
+    saved, expected, left = copy.deepcopy(_TABLE), dict(_EXPECTED), copy.deepcopy(_EXCLUDED)
     try:
         yield
     finally:
@@ -160,13 +185,16 @@ def preserved() -> Iterator[None]:
         _TABLE.update(saved)
         _EXPECTED.clear()
         _EXPECTED.update(expected)
+        _EXCLUDED.clear()
+        _EXCLUDED.update(left)
 
 
 # -- pytest-xdist: a worker's statistics, added on the controller ------------------------------
 def export() -> dict[str, Any]:
     """This process's statistics as plain data (what an xdist worker sends the controller)."""
     return {"table": [[list(k), vars(s)] for k, s in _TABLE.items()],
-            "expected": [[list(c), n] for c, n in _EXPECTED.items()]}
+            "expected": [[list(c), n] for c, n in _EXPECTED.items()],
+            "excluded": [[list(k), sorted(v)] for k, v in _EXCLUDED.items()]}
 
 
 def merge(data: dict[str, Any]) -> None:
@@ -180,3 +208,5 @@ def merge(data: dict[str, Any]) -> None:
     for c, n in data.get("expected", []):
         col: Column = tuple(c)  # type: ignore[assignment]
         _EXPECTED[col] = _EXPECTED.get(col, 0) + n
+    for k, v in data.get("excluded", []):
+        _EXCLUDED.setdefault(tuple(k), set()).update(v)  # type: ignore[arg-type]

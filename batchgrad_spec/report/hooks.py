@@ -24,7 +24,14 @@ import pytest
 from reference import SPEC_VERSION
 
 from .. import stats
-from ..session import BEFORE, backends_environment, item_target, run_settings
+from ..session import (
+    BEFORE,
+    EXCLUDED,
+    FEATURE_DEVIATIONS,
+    backends_environment,
+    item_target,
+    run_settings,
+)
 from .markdown import markdown
 from .record import NO_TARGET, aggregate, as_matrix, json_number, seed_text, worse, write_json
 from .xfails import Deviation, XfailsError, parse_xfails
@@ -52,6 +59,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if path:
         try:
             config.stash[_DEVIATIONS] = parse_xfails(path)
+            config.stash[FEATURE_DEVIATIONS] = [d for d in config.stash[_DEVIATIONS]
+                                                if d.feature]  # the plugin's, §8.7
         except XfailsError as exc:
             raise pytest.UsageError(f"--xfails-file {path}: {exc}") from None
     out = config.getoption("conformance_report", None)
@@ -83,6 +92,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         hits = [d for d in devs if d.matches(item.nodeid)]
         matched.update(hits)
+        hits = [d for d in hits if d.feature is None]  # a feature's: at generation (§8.7)
         if hits:
             d = hits[0]
             reason = f"{d.reason} ({d.where})"
@@ -114,6 +124,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         info: dict[str, Any] = {"keys": [list(k) for k in item_keys(item)]}
         key, before = item.stash.get(BEFORE, (None, None))  # the plugin's snapshot at setup
         counted = stats.since(key, before) if rep.when == "call" else None
+        target = item_target(item)
+        if target is not None and target.deviation:  # a strict variant (spec §8.7)
+            info["deviation"] = target.deviation
+        left = item.stash.get(EXCLUDED, None)
+        if left and rep.when == "call":  # features not drawn (spec §8.6)
+            info["not_drawn"] = sorted(left)
         if counted is not None:
             # max_ratio is the running maximum of the target's entry on this process: the
             # largest over the items' values is the session's (every process's) maximum
@@ -123,11 +139,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
+UNSUPPORTED = "not supported:"
+"""How the skip reason of a test that needs an undeclared feature begins (spec §8.6)."""
+
+
+def skip_reason(report: pytest.TestReport) -> str:
+    """The reason of a skipped report ("" when it has none)."""
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return ""
+
+
 def phase_outcome(report: pytest.TestReport) -> str | None:
     if report.failed:  # includes a strict XPASS
         return "fail"
     if report.skipped:
-        return "xfail" if hasattr(report, "wasxfail") else "skip"
+        if hasattr(report, "wasxfail"):
+            return "xfail"
+        return "unsupported" if skip_reason(report).startswith(UNSUPPORTED) else "skip"
     return "pass" if report.when == "call" else None
 
 
@@ -157,6 +187,11 @@ class ConformanceReport:
                                                     "examples": 0, "failures": 0,
                                                     "max_ratio": None, "worst": ""})
         rec["outcome"] = worse(rec["outcome"], phase_outcome(report))
+        for k in ("not_drawn",):
+            if info.get(k):
+                rec[k] = sorted(set(rec.get(k, [])) | set(info[k]))
+        if info.get("deviation"):
+            rec["deviations"] = [info["deviation"]]
         if "examples" in info:
             rec["examples"] += info["examples"]
             rec["failures"] += info["failures"]

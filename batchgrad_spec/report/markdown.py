@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..profiles import REDUCED
 from .record import column_id, grid, seed_text
 
 __all__ = ["PROVISIONAL_MARK", "SYMBOL", "fmt_ratio", "markdown"]
 
-SYMBOL = {"pass": "✅", "fail": "❌", "xfail": "⚠️", "skip": "➖"}
+SYMBOL = {"pass": "✅", "fail": "❌", "xfail": "⚠️", "skip": "➖", "unsupported": "🚫"}
 PROVISIONAL_MARK = "(provisional)"
 """Appended to a cell whose result is provisional (spec §8.5: the tf32 precision, §6.7 on a GPU)."""
 
@@ -40,8 +41,9 @@ def _source_line(s: dict[str, Any]) -> str:
         f"{', '.join(b['devices'])} [{', '.join(b['dtypes'])}]"
         for b in env.get("backends", [])) or "no backend"
     derand = ", derandomized" if s.get("derandomize") else ""
+    reduced = ", reduced" if s.get("profile") in REDUCED else ""
     return (f"| {s['name']} | {s.get('created', '')} | `{s.get('profile')}` "
-            f"({s.get('max_examples')} examples{derand}) | "
+            f"({s.get('max_examples')} examples{derand}{reduced}) | "
             f"{s.get('seed_note') or seed_text(s)} | {backends} | {env.get('python', '?')} "
             f"on {env.get('platform', '?')} | {s.get('exitstatus', '')} |")
 
@@ -68,7 +70,12 @@ def markdown(matrix: dict[str, Any]) -> str:
                 continue
             ratio = fmt_ratio(r["max_ratio"])
             mark = f" {PROVISIONAL_MARK}" if r.get("provisional") else ""
-            cells.append(f"{SYMBOL[r['outcome']]} {ratio}".strip() + mark)
+            if r["outcome"] == "unsupported":
+                mark += " not supported"
+            if r.get("deviations"):  # spec §8.7
+                mark += f" known deviation: {', '.join(r['deviations'])}"
+            n = f" ({r['examples']} ex.)" if r.get("examples") else ""
+            cells.append(f"{SYMBOL[r['outcome']]} {ratio}".strip() + n + mark)
         out.append(f"| §{cid} {title} | " + " | ".join(cells) + " |")
     totals = []
     for c in cols:
@@ -76,7 +83,18 @@ def markdown(matrix: dict[str, Any]) -> str:
         totals.append(str(sum(ex)) if ex else "")
     out += ["| *examples checked* | " + " | ".join(totals) + " |", "",
             "✅ pass, with the largest observed error/tolerance (≤ 1; blank for tests without a "
-            "tolerance) · ❌ fail · ⚠️ xfail: a known deviation · ➖ skipped · empty: not run"]
+            "tolerance) · ❌ fail · ⚠️ xfail: a known deviation (with the feature it is "
+            "confined to, if any: the rest of the clause certified) · ➖ skipped · 🚫 not "
+            "supported: every test needed a feature the backend does not declare · empty: not "
+            "run"]
+    left = sorted({(column_id(r["backend"], r["device"], r["dtype"], r["precision"]), f)
+                   for r in matrix["results"] for f in r.get("not_drawn", [])})
+    if left:
+        out += ["", "## Not drawn", "",
+                "Features the tests left out because the backend does not declare them, or "
+                "deviates with them (spec §8.6, §8.7):", ""]
+        cols_left = dict.fromkeys(c for c, _ in left)
+        out += [f"- {c}: {', '.join(f for cc, f in left if cc == c)}" for c in cols_left]
     why = sorted({r["provisional"] for r in matrix["results"] if r.get("provisional")})
     if why:
         out += ["", "## Provisional results", "",
@@ -84,6 +102,11 @@ def markdown(matrix: dict[str, Any]) -> str:
                 "a mode or requirement the suite has not yet checked where it applies (spec "
                 "§8.5)."]
         out += [f"- {w}" for w in why]
+    reduced = [(s["name"], REDUCED[s["profile"]]) for s in matrix["sources"]
+               if s.get("profile") in REDUCED]
+    if reduced:
+        out += ["", "## Reduced certification", ""]
+        out += [f"- {name}: {why}" for name, why in reduced]
     devs = [(s["name"], e) for s in matrix["sources"] if s.get("xfails")
             for e in s["xfails"]["entries"]]
     if devs:

@@ -25,8 +25,9 @@ __all__ = ["NO_TARGET", "OUTCOMES", "PROVISIONAL_CLAUSES_OFF_CPU", "PROVISIONAL_
            "columns", "grid", "json_number", "merge", "provisional", "seed_text", "worse",
            "write_json"]
 
-OUTCOMES = ("skip", "pass", "xfail", "fail")
-"""Outcomes from least to most severe: a cell shows the most severe of its test items."""
+OUTCOMES = ("skip", "unsupported", "pass", "xfail", "fail")
+"""Outcomes from least to most severe: a cell shows the most severe of its test items
+("unsupported": skipped for want of a declared feature, spec §8.6)."""
 NO_TARGET = ("reference", "-", "-", "-")
 """backend, device, dtype, precision of tests that run no backend (reference-only and meta)."""
 PROVISIONAL_PRECISIONS = {
@@ -49,7 +50,8 @@ def provisional(clause: str, device: str, precision: str) -> str | None:
 
 
 def worse(a: str | None, b: str | None) -> str | None:
-    """The more severe of two outcomes (fail > xfail > pass > skip; None is no outcome yet)."""
+    """The more severe of two outcomes (fail > xfail > pass > unsupported > skip; None is no
+    outcome yet)."""
     if a is None or b is None:
         return a or b
     return max(a, b, key=OUTCOMES.index)
@@ -108,6 +110,9 @@ def aggregate(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "outcome": None, "tests": 0, "examples": None, "failures": None,
                 "max_ratio": None, "worst": "", "provisional": provisional(cid, dev, prec)})
             c["outcome"] = worse(c["outcome"], it["outcome"])
+            for k in ("not_drawn", "deviations"):  # spec §8.6, §8.7
+                if it.get(k):
+                    c[k] = sorted(set(c.get(k, [])) | set(it[k]))
             c["tests"] += it.get("tests", 1)
             for k in ("examples", "failures"):
                 if it.get(k) is not None:

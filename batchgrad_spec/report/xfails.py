@@ -2,7 +2,9 @@
 
 One node-id pattern per line followed by ``# §C.N reason`` (``# §C.N.M reason`` for a
 sub-clause; ``skip PATTERN  # §C.N reason`` to skip instead of xfail). A line citing no clause,
-or a clause that is not in spec/, is an error.
+or a clause that is not in spec/, is an error. ``PATTERN feature=NAME [dtype=D] [device=V]  #
+§C.N reason`` confines the deviation to one feature (a capability name, spec §8.7): the matching
+tests of the clause draw no problem with it, and a strict-xfail variant of each checks it.
 Parsing and matching only: ``batchgrad_spec.report.hooks`` applies the entries to a session.
 """
 
@@ -12,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from reference.capabilities import KnownDeviation
 
 from .. import harness
 
@@ -30,6 +34,14 @@ class Deviation:
     action: str  # "xfail" or "skip"
     clause: str
     reason: str
+    feature: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+
+    def known(self) -> KnownDeviation:
+        """A feature's deviation as the backend would declare it (spec §8.7)."""
+        assert self.feature is not None
+        return KnownDeviation(self.clause, self.feature, self.reason, self.dtype, self.device)
 
     def matches(self, nodeid: str) -> bool:
         """The pattern occurs in the node id; ``*`` matches any run of characters, ``?`` one
@@ -43,12 +55,39 @@ class Deviation:
         return f"{self.source}:{self.line}"
 
     def as_json(self) -> dict[str, Any]:
-        return {"line": self.line, "pattern": self.pattern, "action": self.action,
-                "clause": self.clause, "reason": self.reason}
+        out = {"line": self.line, "pattern": self.pattern, "action": self.action,
+               "clause": self.clause, "reason": self.reason}
+        return out | {k: v for k, v in (("feature", self.feature), ("dtype", self.dtype),
+                                        ("device", self.device)) if v is not None}
 
 
 class XfailsError(ValueError):
     """An xfails file that cannot be used (pytest turns it into a usage error, exit status 4)."""
+
+
+NARROWING = ("feature", "dtype", "device")
+
+
+def _narrowing(n: int, pattern: str, action: str) -> tuple[str, dict[str, str]]:
+    """The pattern, and the ``feature=``/``dtype=``/``device=`` words after it (spec §8.7)."""
+    words = pattern.split()
+    narrow = {}
+    while len(words) > 1 and "=" in words[-1]:
+        k, _, v = words.pop().partition("=")
+        if k not in NARROWING or not v:
+            raise XfailsError(f"line {n}: {k}={v!r}: write feature=NAME, dtype=D or device=V")
+        narrow[k] = v
+    if narrow and "feature" not in narrow:
+        raise XfailsError(f"line {n}: dtype=/device= narrow a feature=NAME entry; add one")
+    if narrow and action == "skip":
+        raise XfailsError(f"line {n}: a feature's deviation is checked as a strict xfail, "
+                          f"not skipped; drop 'skip'")
+    if "feature" in narrow:
+        try:
+            KnownDeviation("0.0", narrow["feature"], "x")
+        except Exception as exc:
+            raise XfailsError(f"line {n}: {exc}") from None
+    return " ".join(words), narrow
 
 
 def parse_xfails(path: str | Path, text: str | None = None) -> list[Deviation]:
@@ -80,5 +119,7 @@ def parse_xfails(path: str | Path, text: str | None = None) -> list[Deviation]:
                 f"`PATTERN  # §C.N reason` (every known deviation names the clause it breaks)")
         if m.group(1) not in known:
             raise XfailsError(f"line {n}: cites §{m.group(1)}, which is not a clause of spec/")
-        out.append(Deviation(str(path), n, pattern, action, m.group(1), comment.strip()))
+        pattern, narrow = _narrowing(n, pattern, action)
+        out.append(Deviation(str(path), n, pattern, action, m.group(1), comment.strip(),
+                             **narrow))
     return out

@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
+from batchgrad_spec.declared import permits, require, sizes
 from batchgrad_spec.strategies._validation import check_instance, check_range, flag
 from batchgrad_spec.strategies.layer import dropout_masks
 from batchgrad_spec.strategies.loss import CE, VARIANCE_RANGE, check_ignored
 from batchgrad_spec.strategies.value import MAX_BATCH, MAX_LENGTH, float32_range, floats
-from reference.batch import Batch
+from reference.batch import MASK, SEQUENCE, Batch
 from reference.layers import Dropout, Network
 from reference.losses import CORE_LOSSES, CORE_REDUCTIONS, Loss, Reduction
 
@@ -86,7 +87,7 @@ def _examples(network: Network, loss: Loss, reduction: Reduction, min_size: int,
 
     @st.composite
     def build(draw: st.DrawFn) -> Batch:
-        n = draw(st.integers(min_size, max_size))
+        n = draw(sizes(min_size, max_size))  # bucketed under shapes:bucketed (spec §8.6)
         x = draw(hnp.arrays(np.float64, (n, network.in_features), elements=elements))
         is_soft = soft is not None and draw(soft)
         y, v = draw_targets(draw, loss, (n,), network.out_features, elements, is_soft, ignored)
@@ -216,10 +217,17 @@ def sequence_batches(
 
     @st.composite
     def build(draw: st.DrawFn) -> Batch:
-        n = draw(st.integers(lo, max_size))
-        t = draw(st.integers(min_length, max_length))
+        require(SEQUENCE)  # the draw context (spec §8.6)
+        masked = permits(MASK)
+        if not masked and (equal_lengths or empty_sequences):
+            require(MASK)
+        n = draw(sizes(lo, max_size))
+        t = draw(sizes(min_length, max_length))
         x = draw(hnp.arrays(np.float64, (n, t, network.in_features), elements=elements))
-        if equal_lengths:
+        mask: np.ndarray | None
+        if not masked:  # every token valid, no mask
+            mask = None
+        elif equal_lengths:
             valid = draw(st.integers(1, t).map(lambda k: t + 1 - k))  # shrinks towards all
             mask = np.zeros((n, t), dtype=bool)
             mask[:, :valid] = True

@@ -18,10 +18,11 @@ from hypothesis.extra import numpy as hnp
 
 from batchgrad_spec.strategies._validation import check_instance
 from batchgrad_spec.strategies.value import MAX_BATCH, float32_range, floats
-from reference.layers import NORMS, Dense, Dropout, Layer, Network
-from reference.norms import BatchNorm, LayerNorm
+from reference.layers import DROPOUT, NORMS, Dense, Dropout, Layer, Network
+from reference.norms import BATCHNORM, BATCHNORM_TRAIN, LAYERNORM, BatchNorm, LayerNorm
 
 __all__ = [
+    "KIND_FEATURES",
     "LAYER_KINDS",
     "MAX_DROPOUT_P",
     "MIN_RUNNING_VAR",
@@ -36,6 +37,9 @@ __all__ = [
 LAYER_KINDS = ("layer_norm", "batch_norm", "batch_norm_eval", "dropout")
 """What ``layer_networks`` inserts: LayerNorm, train-mode BatchNorm, eval-mode BatchNorm (running
 statistics drawn), Dropout (keep-masks drawn by ``batches``)."""
+KIND_FEATURES = {"layer_norm": (LAYERNORM,), "batch_norm": (BATCHNORM, BATCHNORM_TRAIN),
+                 "batch_norm_eval": (BATCHNORM,), "dropout": (DROPOUT,)}
+"""Layer kind → the capability names a layer of that kind uses (spec §8.6)."""
 PER_EXAMPLE_KINDS = ("layer_norm", "batch_norm_eval", "dropout")
 """The kinds that keep ℓ_i a function of example i alone (spec §4.1, §4.4, §4.5)."""
 PIECEWISE_ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu")

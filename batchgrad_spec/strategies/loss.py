@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
+from batchgrad_spec.declared import choose, feature_flag
 from batchgrad_spec.strategies._validation import check_names, flag
 from batchgrad_spec.strategies.value import MAX_WIDTH
+from reference import losses as units
 from reference.losses import CORE_REDUCTIONS, LOSS_NAMES, REDUCTION_NAMES, Loss, Reduction
 
 __all__ = [
@@ -60,7 +62,13 @@ def check_ignored(ignored: str) -> None:
 def reductions(*, names: Sequence[str] = CORE_REDUCTIONS) -> st.SearchStrategy[Reduction]:
     """One of the reductions named in ``names`` (default the four of chapter 2: ``mean``,
     ``sum``, ``weighted``, ``weighted_mean``); shrinks towards the first, ``mean``."""
-    return st.sampled_from(check_names("names", names, REDUCTION_NAMES)).map(Reduction)
+    names = check_names("names", names, REDUCTION_NAMES)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Reduction:  # the draw context's choice (spec §8.6)
+        return Reduction(draw(st.sampled_from(choose(names, units.REDUCTION_FEATURES))))
+
+    return build()
 
 
 def losses(
@@ -90,18 +98,18 @@ def losses(
 
     @st.composite
     def build(draw: st.DrawFn) -> Loss:
-        name = draw(st.sampled_from(names))
+        name = draw(st.sampled_from(choose(names, units.LOSS_FEATURES)))  # the draw context (§8.6)
         if name == "huber":
             return Loss(name, delta=draw(st.sampled_from(HUBER_DELTAS)))
         if name != CE:
             return Loss(name)
         w = None
-        if draw(flag("class_weights", class_weights)):
+        if draw(feature_flag(class_weights, units.CLASS_WEIGHTS)):
             w = tuple(draw(st.lists(st.sampled_from(CLASS_WEIGHTS), min_size=classes,
                                     max_size=classes)))
-        ii = IGNORE_INDEX if draw(flag("ignore_index", ignore_index)) else None
+        ii = IGNORE_INDEX if draw(feature_flag(ignore_index, units.IGNORE_INDEX)) else None
         eps = (draw(st.sampled_from(LABEL_SMOOTHINGS))
-               if draw(flag("label_smoothing", label_smoothing)) else 0.0)
+               if draw(feature_flag(label_smoothing, units.LABEL_SMOOTHING)) else 0.0)
         return Loss(name, class_weights=w, ignore_index=ii, label_smoothing=eps)
 
     return build()

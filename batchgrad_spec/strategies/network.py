@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
+from batchgrad_spec.declared import choose, require, sizes
 from batchgrad_spec.strategies._validation import (
     check_feature,
     check_instance,
@@ -18,14 +19,20 @@ from batchgrad_spec.strategies._validation import (
     check_range,
 )
 from batchgrad_spec.strategies.layer import (
+    KIND_FEATURES,
     LAYER_KINDS,
     PIECEWISE_ACTIVATIONS,
     draw_layer,
     norm_parameters,
 )
 from batchgrad_spec.strategies.value import MAX_DEPTH, MAX_WIDTH, floats
-from reference.activations import ACTIVATION_NAMES, CORE_ACTIVATIONS, Activation
-from reference.layers import NORMS, Dense, Layer, Network
+from reference.activations import (
+    ACTIVATION_FEATURES,
+    ACTIVATION_NAMES,
+    CORE_ACTIVATIONS,
+    Activation,
+)
+from reference.layers import DENSE, NORMS, Dense, Layer, Network
 
 __all__ = ["layer_networks", "networks", "parameters"]
 
@@ -62,8 +69,12 @@ def networks(
 
     @st.composite
     def build(draw: st.DrawFn) -> Network:
-        depth = draw(st.integers(min_depth, max_depth))
-        widths = [draw(st.integers(min_width, max_width)) for _ in range(depth + 1)]
+        require(DENSE)  # the draw context (spec §8.6): what the target's backend declares
+        drawn = choose(acts, ACTIVATION_FEATURES, empty_ok=True)
+        if not drawn and min_depth > 1:
+            choose(acts, ACTIVATION_FEATURES)  # a skip: no declared activation
+        depth = draw(st.integers(min_depth, max_depth if drawn else 1))
+        widths = [draw(sizes(min_width, max_width)) for _ in range(depth + 1)]
         if in_features is not None:
             widths[0] = in_features
         if out_features is not None:
@@ -73,7 +84,7 @@ def networks(
             b = draw(st.booleans().map(lambda x: not x)) if bias is None else bias
             layers.append(Dense(widths[i], widths[i + 1], b))
             if i < depth - 1:
-                layers.append(Activation(draw(st.sampled_from(acts))))
+                layers.append(Activation(draw(st.sampled_from(drawn))))
         return Network(tuple(layers))
 
     return build()
@@ -124,9 +135,15 @@ def layer_networks(
 
     @st.composite
     def build(draw: st.DrawFn) -> Network:
+        for kind in required:  # the draw context (spec §8.6)
+            choose((kind,), KIND_FEATURES)
+        drawn = choose(kinds, KIND_FEATURES, empty_ok=True)
+        if not drawn and min_layers > len(required):
+            choose(kinds, KIND_FEATURES)  # a skip: no declared kind
         seq: list[Layer] = list(draw(nets).layers)
-        extra = draw(st.integers(min_layers - len(required), max_layers - len(required)))
-        for kind in required + tuple(draw(st.sampled_from(kinds)) for _ in range(extra)):
+        extra = draw(st.integers(min_layers - len(required),
+                                 (max_layers if drawn else min_layers) - len(required)))
+        for kind in required + tuple(draw(st.sampled_from(drawn)) for _ in range(extra)):
             at = draw(st.integers(0, len(seq)))
             widths = Network(tuple(seq)).widths() + [Network(tuple(seq)).out_features]
             seq.insert(at, draw_layer(draw, kind, widths[at], max_magnitude))

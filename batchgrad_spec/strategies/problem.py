@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
+from batchgrad_spec.declared import choose, feature_flag
 from batchgrad_spec.strategies._validation import check_names, check_range, flag
 from batchgrad_spec.strategies.batch import batches, loss_batches, sequence_batches
 from batchgrad_spec.strategies.layer import LAYER_KINDS, PIECEWISE_ACTIVATIONS, with_two_outputs
@@ -16,12 +17,16 @@ from batchgrad_spec.strategies.loss import CE, check_ce_flag, check_ignored
 from batchgrad_spec.strategies.loss import losses as loss_options
 from batchgrad_spec.strategies.network import layer_networks, networks, parameters
 from batchgrad_spec.strategies.value import MAX_BATCH, MAX_LENGTH, floats
+from reference.batch import SEQUENCE
 from reference.layers import Network
 from reference.losses import (
     CORE_LOSSES,
     CORE_REDUCTIONS,
+    LOSS_FEATURES,
     LOSS_NAMES,
+    REDUCTION_FEATURES,
     REDUCTION_NAMES,
+    SOFT_TARGETS,
     Loss,
     Reduction,
 )
@@ -77,9 +82,9 @@ def problems(
 
     @st.composite
     def build(draw: st.DrawFn) -> Problem:
-        loss = Loss(draw(st.sampled_from(loss_names)))
+        loss = Loss(draw(st.sampled_from(choose(loss_names, LOSS_FEATURES))))  # §8.6
         net = _with_classes(draw(nets), loss.name)  # layers may follow the last Dense (ch. 4)
-        reduction = Reduction(draw(st.sampled_from(red)))
+        reduction = Reduction(draw(st.sampled_from(choose(red, REDUCTION_FEATURES))))
         params = draw(parameters(net, max_magnitude=max_magnitude))
         batch = draw(batches(net, loss, reduction, min_size=min_batch, max_size=max_batch,
                              max_magnitude=max_magnitude))
@@ -201,18 +206,18 @@ def loss_problems(
 
     @st.composite
     def build(draw: st.DrawFn) -> Problem:
-        name = draw(st.sampled_from(loss_names))
+        name = draw(st.sampled_from(choose(loss_names, LOSS_FEATURES)))  # the context, §8.6
         net = _with_classes(draw(nets), name)
-        seq = draw(flag("sequences", sequences))
+        seq = draw(feature_flag(sequences, SEQUENCE))
         if seq:
             usable = tuple(r for r in red if not (empty_sequences and r == "sequence_mean"))
         else:
             usable = tuple(r for r in red if r != "sequence_mean")
-        reduction = Reduction(draw(st.sampled_from(usable)))
+        reduction = Reduction(draw(st.sampled_from(choose(usable, REDUCTION_FEATURES))))
         ce = name == CE
         soft = False
         if ce and not seq and not ignore_index:
-            soft = draw(flag("soft_targets", soft_targets))
+            soft = draw(feature_flag(soft_targets, SOFT_TARGETS))
         loss = draw(loss_options(
             names=(name,), classes=max(net.out_features, 2),
             class_weights=class_weights if ce else None,
