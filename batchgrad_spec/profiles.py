@@ -1,5 +1,6 @@
-"""The Hypothesis profiles of the suite: ``dev``, ``ci``, ``thorough``, ``certify-slow`` and
-``trainers``.
+"""The Hypothesis profiles of the suite: ``dev``, ``ci``, ``thorough``, ``certify-slow``,
+``trainers`` (8 examples, the real training loops) and ``frameworks`` (4 examples, derandomized:
+the CI profile of the slowest framework envs).
 
 Importing this module only registers them (a library user's own loaded profile is left alone).
 The pytest plugin calls ``load_default()``: ``dev``, or ``ci`` when the environment variable
@@ -32,11 +33,18 @@ settings.register_profile("trainers", max_examples=8, derandomize=True, print_bl
 # from a few buckets so that kernels are reused (spec §8.6, Appendix A "Slow frameworks")
 settings.register_profile("certify-slow", max_examples=10, derandomize=True, print_blob=True,
                           **_common)
+# the framework envs with a high cost per call (TensorFlow: a Keras model and a retraced
+# tf.vectorized_map per call, about 1 example/s; tinygrad: kernel compiles) run this profile in
+# CI to fit the 3-minute budget of an added env; tox.ini says so per env, with the full command
+settings.register_profile("frameworks", max_examples=4, derandomize=True, print_blob=True,
+                          **_common)
 
 REDUCED = {"certify-slow": "a reduced certification for slow frameworks: 10 examples per test "
                            "(ci: 100); fewer examples find fewer deviations (spec §8.6)",
            "trainers": "a reduced certification for real training loops: 8 examples per test "
-                       "(ci: 100), not shrunk; fewer examples find fewer deviations"}
+                       "(ci: 100), not shrunk; fewer examples find fewer deviations",
+           "frameworks": "a reduced certification for the slowest framework envs: 4 examples "
+                         "per test (ci: 100); fewer examples find fewer deviations (spec §8.6)"}
 """Profiles whose certificate is reduced, with what the report says about it."""
 
 
