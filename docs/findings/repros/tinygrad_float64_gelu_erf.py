@@ -1,7 +1,7 @@
 """Repro: tinygrad 0.14's exact GELU uses Tensor.erf, the Abramowitz-Stegun 7.1.26 polynomial
 (absolute error up to 1.5e-7), so float64 GELU(approximate="none") is accurate to ~1e-7 only.
 
-Run: python docs/findings/tinygrad_float64_gelu_erf.py  (tinygrad and numpy; its CPU device
+Run: python docs/findings/repros/tinygrad_float64_gelu_erf.py  (tinygrad and numpy; its CPU device
 needs clang, e.g. CC=clang-14; DEV=PYTHON runs its emulator instead). Exits 1 while the deviation is
 present.
 """

@@ -1,7 +1,7 @@
 """Repro: MLX 0.32.4 on the CPU — float64 exp and erf have float32-level accuracy, and Adam's
 bias corrections are computed in float32 (also for float64 parameters).
 
-Run: python docs/findings/mlx_float64_cpu_accuracy.py  (needs only mlx[cpu] and numpy).
+Run: python docs/findings/repros/mlx_float64_cpu_accuracy.py  (needs only mlx[cpu] and numpy).
 Exits 1 while a deviation is present, 0 when all are fixed.
 """
 

@@ -1,6 +1,6 @@
 """Repro: TensorFlow's float64 GELU (both forms) and leaky_relu use float32-rounded constants.
 
-Run: python docs/findings/tensorflow_float64_activation_constants.py  (needs only tensorflow-cpu
+Run: python docs/findings/repros/tensorflow_float64_activation_constants.py  (needs only tensorflow-cpu
 and numpy). Exits 1 while the deviation is present, 0 when it is fixed.
 """
 

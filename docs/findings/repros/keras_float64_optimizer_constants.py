@@ -1,7 +1,7 @@
 """Repro: Keras 3 (TensorFlow backend) rounds a Python-float hyperparameter to float32 in
 ``keras.ops.cast(x, "float64")``, so float64 SGD-with-momentum and Adam use fl32(μ), fl32(β).
 
-Run: python docs/findings/keras_float64_optimizer_constants.py  (tensorflow-cpu, keras, numpy).
+Run: python docs/findings/repros/keras_float64_optimizer_constants.py  (tensorflow-cpu, keras, numpy).
 Exits 1 while the deviation is present.
 """
 
