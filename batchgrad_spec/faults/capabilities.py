@@ -4,6 +4,8 @@ meta-tests ``tests/meta/test_capabilities.py`` and ``tests/meta/test_capability_
 * ``subset``: the numpy reference declaring only Dense layers, three activations, squared error
   and the mean and sum reductions; a problem with any other feature is refused (BackendError),
   and every feature it receives is appended to the file ``$BATCHGRAD_RECEIVED`` when set.
+* ``legacy``: the same refusing and recording, declaring ``DEFAULT_CAPABILITIES`` (an adapter
+  written for spec 0.2.0: no layer of chapter 9).
 * ``misspelt``: declares ``layer:densee``, a name not in the vocabulary.
 * ``elu_wrong``: right except when the network has an elu: then every gradient is 5/4 of the
   right one (a fault confined to one feature, ``activation:elu``).
@@ -19,15 +21,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from reference.capabilities import KnownDeviation, features_of
+from reference.capabilities import DEFAULT_CAPABILITIES, KnownDeviation, features_of
 from reference.contract import BackendError, Config
 from reference.problem import Problem
 from reference.types import Grads
 
 from .base import Faulty
 
-__all__ = ["EluWrong", "Subset", "elu_fixed_declared", "elu_wrong", "elu_wrong_declared",
-           "misspelt", "subset"]
+__all__ = ["EluWrong", "Legacy", "Subset", "elu_fixed_declared", "elu_wrong",
+           "elu_wrong_declared", "legacy", "misspelt", "subset"]
 
 SUBSET = ("layer:dense", "activation:identity", "activation:relu", "activation:tanh",
           "loss:squared_error", "reduction:mean", "reduction:sum")
@@ -37,9 +39,10 @@ class Subset(Faulty):
     """Declares ``SUBSET`` and refuses (and records) anything else."""
 
     fault = "declares a subset of the vocabulary (spec §8.6)"
+    declared: Sequence[str] = SUBSET
 
     def capabilities(self) -> Sequence[str]:
-        return SUBSET
+        return tuple(self.declared)
 
     def _received(self, problem: Problem) -> None:
         used = features_of(problem)
@@ -47,7 +50,7 @@ class Subset(Faulty):
         if path:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(" ".join(sorted(used)) + "\n")
-        extra = sorted(used - set(SUBSET))
+        extra = sorted(used - set(self.declared))
         if extra:
             raise BackendError(f"backend {self.name!r} received undeclared features {extra}")
 
@@ -59,6 +62,13 @@ class Subset(Faulty):
                     method: str) -> tuple[np.ndarray, Grads]:
         self._received(problem)
         return super().per_example(problem, config, method)
+
+
+class Legacy(Subset):
+    """Declares ``DEFAULT_CAPABILITIES`` (spec 0.2.0) and refuses (and records) anything else."""
+
+    fault = "declares the vocabulary of spec 0.2.0 only (no chapter 9 layer, spec §8.6)"
+    declared = tuple(sorted(DEFAULT_CAPABILITIES))
 
 
 class Misspelt(Faulty):
@@ -104,6 +114,7 @@ class EluFixedDeclared(Faulty):
 
 
 subset = Subset("subset")
+legacy = Legacy("legacy")
 misspelt = Misspelt("misspelt")
 elu_wrong = EluWrong("elu_wrong")
 elu_wrong_declared = EluWrongDeclared("elu_wrong_declared")

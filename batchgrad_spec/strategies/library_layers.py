@@ -14,6 +14,10 @@ examples, dilation, groups) are chapter 9's §9.1–§9.7. Shrinks towards one e
 * ``residual``   Residual((Dense(3, 3), tanh)), Dense(3, 2), squared error
 * ``tied``       Embedding(4, 3) and the output projection Dense(3, 4) sharing one weight
   (``ties={"1.weight": "0.weight"}``), token cross-entropy
+
+The draw context (``batchgrad_spec.declared``, spec §8.6): a backend that does not declare a
+feature of the kind's network, loss or batch is never sent its problems (the test skips with "not
+supported: <backend> does not declare <feature>"); the reduction is drawn among the declared ones.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
+from batchgrad_spec.declared import choose, require
 from batchgrad_spec.strategies.value import floats
 from reference.activations import Activation
 from reference.attention import SelfAttention
-from reference.batch import Batch
+from reference.batch import MASK, SEQUENCE, Batch
 from reference.conv import Conv1d
 from reference.embedding import Embedding
 from reference.layers import Dense, Network
-from reference.losses import Loss, Reduction
+from reference.losses import LOSS_FEATURES, REDUCTION_FEATURES, Loss, Reduction
 from reference.problem import Problem
 from reference.residual import Residual
 
@@ -73,13 +78,16 @@ def library_layer_problems(*, kind: str, max_batch: int = 4,
     elements = floats(max_magnitude=max_magnitude)
     net, loss_name, sequence = _network(kind)
     first = net.layers[0]
+    needed = net.features() | {LOSS_FEATURES[loss_name]} | ({SEQUENCE, MASK} if sequence else set())
 
     @st.composite
     def build(draw: st.DrawFn) -> Problem:
+        for feature in sorted(needed):  # the context, §8.6: never sent undeclared layers
+            require(feature)
         params = {k: draw(hnp.arrays(np.float64, s, elements=elements))
                   for k, s in net.param_shapes().items()}
         n = draw(st.integers(1, max_batch))
-        reduction = Reduction(draw(st.sampled_from(("mean", "sum"))))
+        reduction = Reduction(draw(st.sampled_from(choose(("mean", "sum"), REDUCTION_FEATURES))))
         lead = (n, _T) if sequence else (n,)
         if isinstance(first, Embedding):
             x = draw(hnp.arrays(np.int64, lead, elements=st.integers(0, first.num_embeddings - 1)))

@@ -16,6 +16,13 @@ comes up by itself:
 
 Everything shrinks towards the first kind (``embedding``), one example of one index, width 1,
 no padding row, one head, kernel 1, stride/dilation/groups 1, no padding, every token kept.
+
+The draw context (``batchgrad_spec.declared``, spec §8.6): the kind is drawn among those whose
+features (``KIND_FEATURES``) the backend declares, sequences only where it declares
+``input:sequence`` and ``input:mask``, a residual around attention only with ``layer:attention``,
+the reduction among the declared ones; none left, the test skips with "not supported: <backend>
+does not declare <feature>". For a backend declaring every feature the draws are those without a
+context, byte for byte.
 """
 
 from __future__ import annotations
@@ -27,25 +34,40 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
+from batchgrad_spec.declared import choose, current, permits
 from batchgrad_spec.strategies._validation import check_names, check_range
 from batchgrad_spec.strategies.value import MAX_BATCH, MAX_LENGTH, floats
-from reference.activations import Activation
-from reference.attention import SelfAttention
-from reference.batch import Batch
-from reference.conv import Conv1d
-from reference.embedding import Embedding
-from reference.layers import Dense, Network
-from reference.losses import Loss, Reduction
+from reference.activations import ACTIVATION_FEATURES, Activation
+from reference.attention import ATTENTION, SelfAttention
+from reference.batch import MASK, SEQUENCE, Batch
+from reference.conv import CONV1D, Conv1d
+from reference.embedding import EMBEDDING, Embedding
+from reference.layers import DENSE, TIED, Dense, Network
+from reference.losses import LOSS_FEATURES, REDUCTION_FEATURES, Loss, Reduction
 from reference.problem import Problem
-from reference.residual import Residual
+from reference.residual import RESIDUAL, Residual
 
-__all__ = ["MAX_STRUCTURED_WIDTH", "STRUCTURED_KINDS", "structured_kind", "structured_problems"]
+__all__ = ["KIND_FEATURES", "MAX_STRUCTURED_WIDTH", "STRUCTURED_KINDS", "structured_kind",
+           "structured_problems"]
 
 STRUCTURED_KINDS = ("embedding", "conv1d", "attention", "residual", "tied")
 """The problem kinds of ``structured_problems``, in shrinking order."""
 MAX_STRUCTURED_WIDTH = 4
 """Largest width, channel count, length, number of rows or heads drawn: small problems reach
 the edge cases (repeated indices, dilation and groups > 1, an all-masked example) quickly."""
+_SE, _CE = LOSS_FEATURES["squared_error"], LOSS_FEATURES["softmax_cross_entropy"]
+_TANH = ACTIVATION_FEATURES["tanh"]
+_SEQUENCES = frozenset({SEQUENCE, MASK})
+KIND_FEATURES = {
+    "embedding": frozenset({EMBEDDING, DENSE, _SE}),
+    "conv1d": frozenset({CONV1D, DENSE, _SE}),
+    "attention": frozenset({ATTENTION, DENSE, _SE}) | _SEQUENCES,
+    "residual": frozenset({RESIDUAL, DENSE, _SE}),
+    "tied": frozenset({EMBEDDING, DENSE, TIED, _TANH, _CE}),
+}
+"""Kind → the capabilities every problem of that kind uses (spec §8.6); beside them, sequences
+use ``input:sequence`` and ``input:mask``, a residual block is attention (on sequences) or
+Dense + tanh, and the reduction its own."""
 
 
 def structured_kind(problem: Problem) -> str:
@@ -84,6 +106,29 @@ def _mask(draw: st.DrawFn, lead: tuple[int, ...]) -> np.ndarray:
     return keep
 
 
+def _optional(draw: st.DrawFn, features: frozenset[str]) -> bool:
+    """A drawn flag (``st.booleans()``) whose True uses ``features``: False when one is not
+    declared, True when a strict variant (§8.7) requires one."""
+    ctx = current()
+    if ctx is not None and ctx.required & features:
+        return True
+    if all([permits(f) for f in sorted(features)]):  # every one recorded when left out
+        return draw(st.booleans())
+    return False
+
+
+def _residual_attention(draw: st.DrawFn) -> bool:
+    """Whether a residual block is attention on sequences (else Dense + tanh), as declared."""
+    ctx = current()
+    att = _SEQUENCES | {ATTENTION}
+    if ctx is None or _TANH in ctx.allowed and not ctx.required & att:
+        return _optional(draw, att)  # st.booleans() where both are declared
+    if ctx.required & att or att <= ctx.allowed:
+        return True
+    ctx.excluded.update(att - ctx.allowed | {_TANH})
+    raise ctx.missing(_TANH)
+
+
 @st.composite
 def _network(draw: st.DrawFn, kind: str, w: int) -> tuple[Network, bool]:
     """(network, whether its batch is a sequence batch) of ``kind`` (widths ≤ w)."""
@@ -92,7 +137,7 @@ def _network(draw: st.DrawFn, kind: str, w: int) -> tuple[Network, bool]:
         num, dim = draw(small), draw(small)
         pad = draw(st.integers(0, num))  # 0: no padding row, j: row j − 1
         emb = Embedding(num, dim, padding_idx=pad - 1 if pad else None)
-        sequence = draw(st.booleans())
+        sequence = _optional(draw, _SEQUENCES)
         if kind == "embedding":
             return Network((emb, Dense(dim, dim))), sequence
         return Network((emb, Activation("tanh"), Dense(dim, num)),
@@ -111,11 +156,11 @@ def _network(draw: st.DrawFn, kind: str, w: int) -> tuple[Network, bool]:
     dim = heads * draw(st.integers(1, max(1, w // heads)))
     if kind == "attention":
         return Network((SelfAttention(dim, heads=heads), Dense(dim, draw(small)))), True
-    if draw(st.booleans()):  # residual around attention, on sequences
+    if _residual_attention(draw):  # residual around attention, on sequences
         return Network((Residual((SelfAttention(dim, heads=heads),)), Dense(dim, draw(small)))), \
             True
     return Network((Dense(dim, dim), Residual((Dense(dim, dim), Activation("tanh"))),
-                    Dense(dim, draw(small)))), draw(st.booleans())
+                    Dense(dim, draw(small)))), _optional(draw, _SEQUENCES)
 
 
 def structured_problems(*, kinds: Sequence[str] = STRUCTURED_KINDS, max_batch: int = 4,
@@ -126,7 +171,8 @@ def structured_problems(*, kinds: Sequence[str] = STRUCTURED_KINDS, max_batch: i
     θ and float inputs in [−max_magnitude, max_magnitude] (default 1), N ≤ ``max_batch`` (≤ 64,
     default 4), T ≤ ``max_tokens`` (≤ 8, default 4), widths ≤ ``max_width`` (≤ 4), squared
     error (cross-entropy over the tied vocabulary), a reduction of ``reductions`` ("sum",
-    "mean"). Shrinks to the first kind, N = 1, widths 1, the first reduction."""
+    "mean"). Shrinks to the first kind, N = 1, widths 1, the first reduction. Only declared
+    features are drawn (module docstring)."""
     kinds = check_names("kinds", kinds, STRUCTURED_KINDS)
     reductions = check_names("reductions", reductions, ("sum", "mean"))
     check_range("batch", 1, max_batch, 1, MAX_BATCH)
@@ -140,7 +186,7 @@ def structured_problems(*, kinds: Sequence[str] = STRUCTURED_KINDS, max_batch: i
 
     @st.composite
     def build(draw: st.DrawFn) -> Problem:
-        kind = draw(st.sampled_from(kinds))
+        kind = draw(st.sampled_from(choose(kinds, KIND_FEATURES)))  # the context, §8.6
         net, sequence = draw(_network(kind, max_width))
         lead = _lead(draw, sequence, max_batch, max_tokens)
         params = {k: _array(draw, s, m) for k, s in net.param_shapes().items()}
@@ -160,7 +206,7 @@ def structured_problems(*, kinds: Sequence[str] = STRUCTURED_KINDS, max_batch: i
             loss = Loss("softmax_cross_entropy")
         else:
             y, loss = _array(draw, lead + (out,), m), Loss("squared_error")
-        reduction = Reduction(draw(st.sampled_from(reductions)))
+        reduction = Reduction(draw(st.sampled_from(choose(reductions, REDUCTION_FEATURES))))
         return Problem(net, loss, reduction, params, Batch(x, y, mask=mask))
 
     return build()

@@ -18,8 +18,16 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from batchgrad_spec import declared
 from batchgrad_spec.faults.capabilities import SUBSET
 from batchgrad_spec.resources import ROOT
-from batchgrad_spec.strategies import layer_problems, loss_problems, problems
-from reference.capabilities import DEFAULT_CAPABILITIES, features_of
+from batchgrad_spec.strategies import (
+    STRUCTURED_KINDS,
+    layer_problems,
+    loss_problems,
+    problems,
+    structured_problems,
+)
+from batchgrad_spec.strategies.library_layers import LIBRARY_LAYER_KINDS, library_layer_problems
+from batchgrad_spec.strategies.structured import structured_kind
+from reference.capabilities import DEFAULT_CAPABILITIES, REQUESTS, VOCABULARY, features_of
 
 pytestmark = pytest.mark.meta
 
@@ -155,3 +163,63 @@ def test_bucketed_shapes_draw_few_distinct_sizes():
     sizes = {n for s in bucketed for n in s}
     assert sizes <= set(declared.BUCKETS), sizes
     assert len(bucketed) * 2 < len(plain), (len(bucketed), len(plain))
+
+
+# -- chapter 9: the structured layers are drawn only for a backend declaring them ----------------
+CH9 = {"structured_problems": structured_problems(),
+       **{f"library_layer_problems[{k}]": library_layer_problems(kind=k)
+          for k in LIBRARY_LAYER_KINDS}}
+EVERYTHING = frozenset(VOCABULARY) - REQUESTS
+
+
+@pytest.mark.clause("8.6")
+@pytest.mark.parametrize("name", sorted(CH9))
+def test_chapter_9_draws_are_unchanged_for_a_backend_declaring_everything(name):
+    before = [repr(p) for p in _draw(CH9[name], 100, None)]
+    ctx = declared.DrawContext("all", EVERYTHING)
+    assert [repr(p) for p in _draw(CH9[name], 100, ctx)] == before
+    assert not ctx.excluded
+
+
+@pytest.mark.clause("8.6")
+@pytest.mark.parametrize("name", sorted(CH9))
+def test_chapter_9_strategies_skip_a_backend_declaring_the_0_2_0_vocabulary(name):
+    ctx = declared.DrawContext("legacy", DEFAULT_CAPABILITIES)
+    with pytest.raises(pytest.skip.Exception,
+                       match=r"not supported: legacy does not declare (layer|params):"):
+        _draw(CH9[name], 5, ctx)
+
+
+@pytest.mark.clause("8.6")
+@pytest.mark.parametrize("left_out", ["layer:attention", "input:mask", "activation:tanh",
+                                      "reduction:sum", "layer:embedding"])
+def test_structured_problems_draw_only_declared_kinds_and_features(left_out):
+    ctx = declared.DrawContext("some", EVERYTHING - {left_out})
+    drawn = _draw(structured_problems(), 200, ctx)
+    used = set().union(*map(features_of, drawn))
+    assert left_out not in used and left_out in ctx.excluded, (left_out, used)
+    kinds = {structured_kind(p) for p in drawn}
+    assert len(kinds) >= 3 and used >= {"layer:dense", "layer:residual"}, kinds
+
+
+@pytest.mark.clause("8.6")
+def test_a_structured_strict_variant_draws_only_problems_with_its_feature():
+    ctx = declared.DrawContext("jax", EVERYTHING, required=frozenset({"layer:attention"}))
+    drawn = _draw(structured_problems(kinds=("attention", "residual")), 50, ctx)
+    assert drawn and all("layer:attention" in features_of(p) for p in drawn)
+
+
+@pytest.mark.clause("8.6")
+def test_a_backend_declaring_the_0_2_0_vocabulary_gets_chapter_9_skipped_not_sent(tmp_path):
+    """A 0.2.0 adapter (``DEFAULT_CAPABILITIES``) is sent no problem of chapter 9: every property
+    is skipped as not supported, naming the undeclared layer."""
+    received = tmp_path / "received.txt"
+    rc, out = run_pytest("--backend", f"{FAULTS}:legacy", "tests/test_ch9_structured_layers.py",
+                         "-k", "not test_reference", env={"BATCHGRAD_RECEIVED": str(received)})
+    assert rc == 0, out
+    assert not received.exists() or not received.read_text(encoding="utf-8").strip(), \
+        received.read_text(encoding="utf-8")
+    for feature in ("layer:embedding", "layer:conv1d", "layer:attention", "layer:residual"):
+        assert f"not supported: legacy does not declare {feature}" in out, (feature, out)
+    assert " passed" not in out.splitlines()[-1] and "skipped" in out.splitlines()[-1], out
+    assert len(STRUCTURED_KINDS) == 5
