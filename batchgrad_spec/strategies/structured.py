@@ -171,7 +171,8 @@ def structured_problems(*, kinds: Sequence[str] = STRUCTURED_KINDS, max_batch: i
     θ and float inputs in [−max_magnitude, max_magnitude] (default 1), N ≤ ``max_batch`` (≤ 64,
     default 4), T ≤ ``max_tokens`` (≤ 8, default 4), widths ≤ ``max_width`` (≤ 4), squared
     error (cross-entropy over the tied vocabulary), a reduction of ``reductions`` ("sum",
-    "mean"). Shrinks to the first kind, N = 1, widths 1, the first reduction. Only declared
+    "mean"). Shrinks to N = 1, widths 1, the first reduction, and the kind with the fewest
+    choices: the first kind or, from some starting points, "tied" (its Dense weight is shared). Only declared
     features are drawn (module docstring)."""
     kinds = check_names("kinds", kinds, STRUCTURED_KINDS)
     reductions = check_names("reductions", reductions, ("sum", "mean"))

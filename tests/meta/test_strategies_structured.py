@@ -79,8 +79,16 @@ def test_each_kind_is_drawn_and_shrinks_to_its_smallest_layer(kind):
 
 
 def test_structured_problems_shrink_to_one_index_of_a_one_row_embedding():
+    # Hypothesis shrinks in shortlex order of the choices made, so the minimal example is the
+    # embedding kind or the tied kind (an embedding whose row is also the output projection:
+    # fewer choices, as the tie shares the Dense weight), depending on where the search starts
+    # (the ci profile derandomizes it); either is one index of a one-row embedding.
     p = minimal(S)
-    assert repr(p.network) == "Network((Embedding(1, 1), Dense(1, 1),))"
+    first = p.network.layers[0]
+    assert isinstance(first, Embedding), repr(p.network)
+    assert (first.num_embeddings, first.embedding_dim) == (1, 1), repr(p.network)
+    assert structured_kind(p) in ("embedding", "tied"), repr(p.network)
+    assert max(p.network.widths()[1:] + [p.network.out_features]) == 1, repr(p.network)
     assert p.batch.inputs.tolist() == [0]
 
 
