@@ -172,8 +172,8 @@ def structured_problems(*, kinds: Sequence[str] = STRUCTURED_KINDS, max_batch: i
     default 4), T ≤ ``max_tokens`` (≤ 8, default 4), widths ≤ ``max_width`` (≤ 4), squared
     error (cross-entropy over the tied vocabulary), a reduction of ``reductions`` ("sum",
     "mean"). Shrinks to N = 1, widths 1, the first reduction, and the kind with the fewest
-    choices: the first kind or, from some starting points, "tied" (its Dense weight is shared). Only declared
-    features are drawn (module docstring)."""
+    choices: the first kind or, from some starting points, "tied" (its Dense weight is
+    shared). Only declared features are drawn (module docstring)."""
     kinds = check_names("kinds", kinds, STRUCTURED_KINDS)
     reductions = check_names("reductions", reductions, ("sum", "mean"))
     check_range("batch", 1, max_batch, 1, MAX_BATCH)
