@@ -52,7 +52,7 @@ ATTENTION_PROBLEM = Problem(
     "(jax/_src/nn/functions.py: 'Softmax and it is always carried out in fp32'), so float64 "
     "attention has float32 accuracy; docs/findings/jax-dot-product-attention-float64-softmax.md"))
 def test_jax_float64_attention_gradients_are_within_the_float64_bound():
-    """The known deviation the jax backend declares for §9.3 and §9.6 (§8.7), checked apart:
+    """The known deviation the jax backend declares for §9.3, §9.4 and §9.6 (§8.7), checked apart:
     the chapter's properties are certified on jax float64 without attention."""
     jax_backend = pytest.importorskip("batchgrad_spec.backends.jax_backend")
     p = ATTENTION_PROBLEM

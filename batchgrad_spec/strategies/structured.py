@@ -187,7 +187,7 @@ def structured_problems(*, kinds: Sequence[str] = STRUCTURED_KINDS, max_batch: i
 
     @st.composite
     def build(draw: st.DrawFn) -> Problem:
-        kind = draw(st.sampled_from(choose(kinds, KIND_FEATURES)))  # the context, §8.6
+        kind = draw(st.sampled_from(choose(kinds, KIND_FEATURES.__getitem__)))  # §8.6
         net, sequence = draw(_network(kind, max_width))
         lead = _lead(draw, sequence, max_batch, max_tokens)
         params = {k: _array(draw, s, m) for k, s in net.param_shapes().items()}

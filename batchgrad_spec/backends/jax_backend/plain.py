@@ -21,12 +21,12 @@ import optax
 from reference.layers import Network
 from reference.problem import Problem
 
-from .compilation import TRACES
+from .compilation import CPU_COMPILER_OPTIONS, TRACES
 from .layers import rule
 from .losses import ELEMENTWISE, safe_mean, smoothed_cross_entropy
 
-__all__ = ["PLAIN_CACHE_LIMIT", "bound_plain_caches", "plain_batch", "plain_inputs",
-           "plain_single", "plain_static", "plain_vmap"]
+__all__ = ["PLAIN_BATCH", "PLAIN_CACHE_LIMIT", "PLAIN_SINGLE", "PLAIN_VMAP", "bound_plain_caches",
+           "plain_batch", "plain_inputs", "plain_single", "plain_static", "plain_vmap"]
 
 
 def _plain_forward(params: Mapping[str, jax.Array], network: Network, x: jax.Array,
@@ -95,8 +95,8 @@ _PLAIN_STATIC = ("network", "loss", "sequence")
 
 
 # The jitted functions keep their names (_plain_batch, …): a program's name is part of its key
-# in the persistent compilation cache.
-@functools.partial(jax.jit, static_argnames=(*_PLAIN_STATIC, "reduction"))
+# in the persistent compilation cache. Each is jitted for the CPU (with CPU_COMPILER_OPTIONS:
+# BATCHGRAD_JAX_FAST_COMPILE) and for accelerators (stock), as the bucketed programs are.
 def _plain_batch(params, data, w, *, network, loss, sequence, reduction):
     TRACES["plain_batch"] += 1
     fn = functools.partial(_plain_reduced_loss, network=network, loss=loss, sequence=sequence,
@@ -104,22 +104,30 @@ def _plain_batch(params, data, w, *, network, loss, sequence, reduction):
     return jax.value_and_grad(fn)(params, data, w)
 
 
-@functools.partial(jax.jit, static_argnames=_PLAIN_STATIC)
 def _plain_vmap(params, data, *, network, loss, sequence):
     TRACES["plain_vmap"] += 1
     fn = functools.partial(_plain_example_loss, network=network, loss=loss, sequence=sequence)
     return jax.vmap(jax.value_and_grad(fn), in_axes=(None, 0))(params, data)
 
 
-@functools.partial(jax.jit, static_argnames=_PLAIN_STATIC)
 def _plain_single(params, data, *, network, loss, sequence):
     TRACES["plain_single"] += 1
     fn = functools.partial(_plain_example_loss, network=network, loss=loss, sequence=sequence)
     return jax.value_and_grad(fn)(params, data)
 
 
-plain_batch, plain_vmap, plain_single = _plain_batch, _plain_vmap, _plain_single
-"""(L, ∇L) of the reduced loss; (ℓ_i, g_i) by ``jax.vmap``; (ℓ, g) of one example."""
+def _per_platform(fn: Any, static: tuple[str, ...]) -> dict[str, Any]:
+    return {"cpu": jax.jit(fn, static_argnames=static, compiler_options=CPU_COMPILER_OPTIONS),
+            "other": jax.jit(fn, static_argnames=static)}
+
+
+PLAIN_BATCH = _per_platform(_plain_batch, (*_PLAIN_STATIC, "reduction"))
+PLAIN_VMAP = _per_platform(_plain_vmap, _PLAIN_STATIC)
+PLAIN_SINGLE = _per_platform(_plain_single, _PLAIN_STATIC)
+plain_batch, plain_vmap, plain_single = PLAIN_BATCH["other"], PLAIN_VMAP["other"], \
+    PLAIN_SINGLE["other"]
+"""(L, ∇L) of the reduced loss; (ℓ_i, g_i) by ``jax.vmap``; (ℓ, g) of one example: jitted
+stock; ``on_device(PLAIN_…, device)`` is the CPU entry on the CPU."""
 
 PLAIN_CACHE_LIMIT = 64
 """The unpadded programs compiled between two clearings of their jit caches. Every problem
@@ -133,8 +141,9 @@ def bound_plain_caches() -> None:
     """Clear the plain programs' jit caches every ``PLAIN_CACHE_LIMIT`` traces."""
     traced = sum(TRACES[k] for k in ("plain_batch", "plain_vmap", "plain_single"))
     if traced - _PLAIN_CLEARED["at"] >= PLAIN_CACHE_LIMIT:
-        for fn in (_plain_batch, _plain_vmap, _plain_single):
-            fn.clear_cache()
+        for table in (PLAIN_BATCH, PLAIN_VMAP, PLAIN_SINGLE):
+            for fn in table.values():
+                fn.clear_cache()
         _PLAIN_CLEARED["at"] = traced
 
 
