@@ -174,6 +174,7 @@ class AutogradBackend:
                 "reduction:mean", "reduction:sum", "reduction:weighted",
                 "reduction:weighted_mean")
 
+    @staticmethod
     def _dtype(config: Config) -> np.dtype:
         if config.device != "cpu" or config.precision != "strict":
             raise ValueError(f"autograd backend: computes on cpu in strict IEEE arithmetic, "
