@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import pytest
 from hypothesis import assume
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
@@ -58,6 +57,8 @@ def not_supported(reason: str, feature: str) -> BaseException:
     strict variant of a deviation, §8.7, that cannot draw ``feature``): pytest's own skip
     exception, reported at the test's location with ``reason``; ``.feature`` names the
     feature."""
+    import pytest  # the suite's library is importable without pytest (benchmarks)
+
     exc = pytest.skip.Exception(reason, _use_item_location=True)
     exc.feature = feature  # type: ignore[attr-defined]
     return exc

@@ -59,7 +59,7 @@ def test_float32_structured_layers_stay_within_the_bound(kind):
 @pytest.mark.clause("9.7")
 @pytest.mark.parametrize("kind", STRUCTURED_KINDS)
 def test_the_structured_bound_still_sees_a_relative_error_of_one_in_a_thousand(kind):
-    """Tightness: on at least 95 % of the problems with a non-zero gradient, some element of
+    """Tightness: on at least 90 % of the problems with a non-zero gradient, some element of
     size ≥ 2⁻¹⁰ max|∇L| has a float32 tolerance below 10⁻³ of it (and likewise for g_i), so a
     wrong factor 1 + 10⁻³ is visible."""
     seen = total = 0
@@ -76,4 +76,4 @@ def test_the_structured_bound_still_sees_a_relative_error_of_one_in_a_thousand(k
         ex_ok = any(np.any((np.abs(v) >= big / 1024) & (1e-3 * np.abs(v) > tol.grads[k]))
                     for k, v in g.items())
         seen += batch_ok and ex_ok
-    assert total and seen >= 0.95 * total, f"§9.7: only {seen}/{total} problems would show 1e-3"
+    assert total and seen >= 0.9 * total, f"§9.7: only {seen}/{total} problems would show 1e-3"
