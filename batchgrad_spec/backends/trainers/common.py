@@ -134,8 +134,9 @@ class TrainerBackend:
         for feature in self.loop_features:  # chapter 10's names, registered once
             if feature not in VOCABULARY:
                 register(feature, DESCRIBED[feature])
-        return ((capabilities_of(torch_backend) - frozenset(self.unsupported))
-                | frozenset(self.loop_features))
+        # the torch backend's own loop:* features are its hand-written loop's, not this trainer's
+        return ((capabilities_of(torch_backend) - frozenset(self.unsupported)
+                 - frozenset(DESCRIBED)) | frozenset(self.loop_features))
 
     # -- the required methods: PyTorch's own gradients, delegated ------------------------------
     def loss_and_grad(self, problem: Problem, config: Config) -> tuple[float, Grads]:
