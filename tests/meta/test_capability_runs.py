@@ -40,8 +40,11 @@ def run_pytest(*args: str, env: dict[str, str] | None = None,
                timeout: float = 300) -> tuple[int, str]:
     full = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "CI")}
     full.update(env or {}, PYTHONDONTWRITEBYTECODE="1")
+    # a fixed seed: with the dev profile's random one, 20 draws of §4.6 sometimes miss the elu
+    # fault (one CI run saw "1 failed, 1 passed" instead of 2 failed)
     run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rsxX",
-                          "--dtype", "float64", "--hypothesis-profile", "dev", *args],
+                          "--dtype", "float64", "--hypothesis-profile", "dev",
+                          "--hypothesis-seed", "0", *args],
                          cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout)
     return run.returncode, run.stdout + run.stderr
 
